@@ -191,7 +191,7 @@ class TiffBackend:
     def _setup(self) -> None:
         tif = self._tif
         if not tif.series:
-            raise SlideError("the TIFF holds no image", self.path)
+            raise SlideError("the TIFF holds no readable image (truncated or damaged?)", self.path)
         self.properties: dict = {}
         self.mpp = None
         self.magnification = None
@@ -372,7 +372,10 @@ class TiffBackend:
         series = self._level_series[level]
         page = series.keyframe
         z = zarr.open_array(self._level_store(level), mode="r")
-        side = square_chunk(page.chunks[0], page.chunks[1])
+        # Strips span the full width: only their height constrains the chunk (each chunk
+        # column then re-decodes the strips it crosses, the price of a stripped file).
+        tile_w = page.chunks[1] if page.is_tiled else page.chunks[0]
+        side = square_chunk(page.chunks[0], tile_w)
         axes = series.axes
         # Extra leading axes (Z, T, ...) are read at index 0: slides have one plane.
         lead = len(axes) - (3 if axes.endswith(("YXS", "SYX", "CYX")) else 2)

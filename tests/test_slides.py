@@ -1,0 +1,286 @@
+"""Slide reading: metadata, OpenSlide-equal pixels, laziness, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_glimpse.cli import main as cli_main
+from napari_glimpse.errors import SlideError
+from napari_glimpse.slides import Level, open_slide
+
+DATA = Path(__file__).parent / "data"
+SVS = DATA / "cmu-1-small-region.svs"
+OME = DATA / "OS-1-detail.ome.tif"
+
+openslide = pytest.importorskip("openslide")
+
+
+def pattern(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Smooth-ish colour image (JPEG-friendly, but every pixel differs from its neighbours)."""
+    y, x = np.mgrid[0:h, 0:w]
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, 40, (h, w, 1))
+    img = np.stack([(x * 3) % 256, (y * 2) % 256, ((x + y) * 5) % 256], -1) + noise
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_pyramid(path, base, tile=256, subifds=False, compression="jpeg", mpp=0.5):
+    levels = [base]
+    while max(levels[-1].shape[:2]) > 300:
+        prev = levels[-1]
+        h, w = (prev.shape[0] + 1) // 2, (prev.shape[1] + 1) // 2
+        levels.append(np.asarray(prev[::2, ::2][:h, :w]))
+    res = dict(resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER") if mpp else {}
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(
+            levels[0], tile=(tile, tile), compression=compression, photometric="rgb",
+            subifds=len(levels) - 1 if subifds else None, **res,
+        )  # fmt: skip
+        for lv in levels[1:]:
+            tw.write(lv, tile=(tile, tile), compression=compression, photometric="rgb",
+                     subfiletype=1)  # fmt: skip
+    return levels
+
+
+@pytest.fixture(scope="module")
+def pyramid(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pyr") / "pyramid.tif"
+    levels = write_pyramid(path, pattern(1001, 1301))
+    return path, levels
+
+
+def opaque_diff(ours: np.ndarray, ref_rgba: np.ndarray) -> int:
+    ref = np.asarray(ref_rgba)
+    opaque = ref[..., 3] == 255
+    assert opaque.any()
+    return int(np.abs(ours.astype(int) - ref[..., :3])[opaque].max())
+
+
+# -- metadata ----------------------------------------------------------------------------
+def test_svs_metadata_and_associated():
+    with open_slide(SVS) as s:
+        assert s.format == "aperio-svs" and s.vendor == "aperio"
+        assert s.dimensions == (2220, 2967)
+        assert s.levels[0] == Level(2220, 2967, 1.0)
+        assert s.mpp == (0.499, 0.499)
+        assert s.magnification == 20.0
+        assert s.associated == ["label", "macro", "thumbnail"]
+        label = s.associated_image("label")
+        assert label.shape == (463, 387, 3) and label.dtype == np.uint8
+        ref = openslide.OpenSlide(str(SVS)).associated_images["macro"]
+        assert s.associated_image("macro").shape == (ref.size[1], ref.size[0], 3)
+        with pytest.raises(SlideError, match="no associated image"):
+            s.associated_image("nope")
+
+
+def test_ome_metadata_and_pixels():
+    with open_slide(OME) as s:
+        assert s.format == "ome-tiff"
+        assert s.dimensions == (1101, 1101)
+        assert s.mpp == pytest.approx((0.2271, 0.2271), abs=1e-3)
+        # OpenSlide 4 cannot open this big-endian OME file, so the reference is tifffile.
+        ref = tifffile.imread(OME)
+        for x, y, w, h in [(0, 0, 100, 100), (500, 505, 30, 40), (1000, 1050, 200, 100)]:
+            got = s.read_region((x, y), 0, (w, h))
+            part = ref[y : y + h, x : x + w]
+            assert np.array_equal(got[: part.shape[0], : part.shape[1]], part)
+            assert (got[part.shape[0] :] == 255).all() and (got[:, part.shape[1] :] == 255).all()
+
+
+# -- pixels equal OpenSlide ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "loc,size",
+    [((0, 0), (512, 512)), ((239, 239), (3, 3)), ((230, 470), (300, 260)),
+     ((2000, 2800), (400, 300)), ((-40, -25), (100, 80)), ((1111, 1234), (1, 1))],
+)  # fmt: skip
+def test_svs_read_region_equals_openslide(loc, size):
+    ref = openslide.OpenSlide(str(SVS)).read_region(loc, 0, size)
+    with open_slide(SVS) as s:
+        got = s.read_region(loc, 0, size)
+    assert got.shape == (size[1], size[0], 3)
+    assert opaque_diff(got, ref) == 0
+    outside = np.asarray(ref)[..., 3] == 0
+    assert (got[outside] == 255).all()
+
+
+def test_pyramid_levels_equal_openslide(pyramid):
+    path, levels = pyramid
+    osr = openslide.OpenSlide(str(path))
+    with open_slide(path) as s:
+        assert [(lv.width, lv.height) for lv in s.levels] == list(osr.level_dimensions)
+        assert [lv.downsample for lv in s.levels] == pytest.approx(osr.level_downsamples)
+        assert s.mpp == pytest.approx((0.5, 0.5))
+        for level in range(len(s.levels)):
+            ds = s.levels[level].downsample
+            # Whole level pixels (including tile borders and image edges) are exact.
+            for lx, ly in [(0, 0), (250, 250), (255, 3), (s.levels[level].width - 50, 10)]:
+                loc = (round(lx * ds), round(ly * ds))
+                if loc[0] / ds != int(loc[0] / ds) or loc[1] / ds != int(loc[1] / ds):
+                    continue
+                got = s.read_region(loc, level, (120, 90))
+                assert opaque_diff(got, osr.read_region(loc, level, (120, 90))) == 0
+            # Fractional positions: OpenSlide interpolates bilinearly (pixman, with its own
+            # rounding and tile seams); we match to a few grey levels, mostly exactly.
+            for loc in [(101, 37), (513, 515), (3, 1)]:
+                got = s.read_region(loc, level, (150, 100))
+                ref = np.asarray(osr.read_region(loc, level, (150, 100)))
+                diff = np.abs(got.astype(int) - ref[..., :3])[ref[..., 3] == 255]
+                assert diff.max() <= 4 and diff.mean() < 0.5
+
+
+def test_subifd_pyramid_levels(tmp_path):
+    path = tmp_path / "sub.tif"
+    levels = write_pyramid(path, pattern(700, 900), tile=128, subifds=True)
+    with open_slide(path) as s:
+        assert len(s.levels) == len(levels)
+        for i, ref in enumerate(levels):
+            stored = tifffile.TiffFile(path).series[0].levels[i].asarray()
+            assert np.array_equal(s.read_region((0, 0), i, (ref.shape[1], ref.shape[0])), stored)
+        # Level 0 against OpenSlide (which ignores SubIFDs but reads level 0).
+        ref0 = openslide.OpenSlide(str(path)).read_region((127, 129), 0, (300, 300))
+        assert opaque_diff(s.read_region((127, 129), 0, (300, 300)), ref0) == 0
+
+
+# -- laziness and chunks -------------------------------------------------------------------
+def test_read_region_decodes_only_needed_tiles(tmp_path):
+    path = tmp_path / "big.tif"
+    side, tile = 16384, 256
+    block = np.full((tile, tile, 3), 200, np.uint8)
+    tifffile.imwrite(
+        path, (block for _ in range((side // tile) ** 2)), shape=(side, side, 3),
+        dtype=np.uint8, tile=(tile, tile), compression="zlib", photometric="rgb", bigtiff=True,
+    )  # fmt: skip
+    with open_slide(path) as s:
+        assert s.dimensions == (side, side)
+        assert s._backend.decoded_tiles() == 0  # opening reads metadata only
+        px = s.read_region((1000, 1000), 0, (200, 200))
+        assert (px == 200).all()
+        assert s._backend.decoded_tiles() <= 4
+        px = s.read_region((1000, 1000), 0, (200, 200))  # cached
+        assert s._backend.decoded_tiles() <= 4
+        arr = s.dask_levels()[0]
+        assert arr.shape == (side, side, 3) and arr.chunksize[:2] == (512, 512)
+        assert (arr[5000:5010, 7000:7010].compute() == 200).all()
+
+
+def test_dask_chunks_square_for_thin_tiles_and_strips(tmp_path):
+    with open_slide(SVS) as s:  # 240 px tiles
+        for arr in s.dask_levels():
+            ch, cw = arr.chunksize[:2]
+            assert ch == cw >= 512 or (ch, cw) == arr.shape[:2]
+        assert s.dask_levels()[0].chunksize[:2] == (720, 720)
+        lvl0 = s.dask_levels()[0][100:400, 200:600].compute()
+        assert np.array_equal(lvl0, s.read_region((200, 100), 0, (400, 300)))
+    path = tmp_path / "strips.tif"
+    img = pattern(1500, 1200)
+    tifffile.imwrite(path, img, rowsperstrip=16, compression="zlib", photometric="rgb")
+    with open_slide(path) as s:
+        assert s.dask_levels()[0].chunksize[:2] == (512, 512)
+        assert np.array_equal(s.read_region((33, 77), 0, (600, 500)), img[77:577, 33:633])
+        # Coarser levels computed lazily from level 0 by 2 x 2 means.
+        assert s.levels[1] == Level(600, 750, 2.0)
+        want = np.round(img[:200, :200].reshape(100, 2, 100, 2, 3).mean((1, 3))).astype(np.uint8)
+        assert np.array_equal(s.read_region((0, 0), 1, (100, 100)), want)
+        assert np.array_equal(s.dask_levels()[1][:100, :100].compute(), want)
+
+
+# -- plain images and resolution -----------------------------------------------------------
+@pytest.mark.parametrize("ext", ["png", "jpg"])
+def test_plain_images(tmp_path, ext):
+    from PIL import Image
+
+    img = pattern(300, 400)
+    path = tmp_path / f"img.{ext}"
+    Image.fromarray(img).save(path)
+    ref = np.asarray(Image.open(path).convert("RGB"))
+    with open_slide(path) as s:
+        assert s.format == "image" and s.dimensions == (400, 300)
+        assert np.array_equal(s.read_region((10, 20), 0, (50, 40)), ref[20:60, 10:60])
+        assert s.thumbnail(100).shape[1] == 100
+
+
+def test_implausible_mpp_warns_and_is_unknown(tmp_path):
+    path = tmp_path / "dpi72.tif"
+    tifffile.imwrite(path, pattern(64, 64), resolution=(72, 72), resolutionunit="INCH")
+    with pytest.warns(UserWarning, match=r"dpi72\.tif.*352\.7"), open_slide(path) as s:
+        assert s.mpp is None
+
+
+def test_best_level():
+    with open_slide(SVS) as s:
+        assert s.best_level_for_mpp(0.5) == 0
+        assert s.best_level_for_mpp(1.0) == 1
+        assert s.best_level_for_mpp(0.9) == 0  # never coarser than asked
+        assert s.best_level_for_mpp(100) == len(s.levels) - 1
+        assert s.best_level_for_downsample(3.0) == 1
+        assert s.best_level_for_downsample(0.5) == 0
+
+
+# -- bad input -----------------------------------------------------------------------------
+def _damaged(tmp_path, kind):
+    path = tmp_path / f"bad-{kind}.svs"
+    if kind == "missing":
+        return tmp_path / "missing.svs"
+    if kind == "directory":
+        return tmp_path
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("this is not an image\n" * 10)
+    elif kind == "truncated":
+        data = SVS.read_bytes()
+        path.write_bytes(data[: int(len(data) * 0.6)])
+    elif kind == "compression":
+        shutil.copy(OME, path)
+        path.chmod(0o644)
+        with tifffile.TiffFile(path) as tif:
+            tag = tif.pages.first.tags["Compression"]
+            offset, order = tag.valueoffset, tif.byteorder
+        with open(path, "r+b") as fh:
+            fh.seek(offset)
+            fh.write((61234).to_bytes(2, "little" if order == "<" else "big"))
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind,problem",
+    [("missing", "no such file"), ("directory", "directory"), ("empty", "empty"),
+     ("text", "not an image"), ("truncated", "truncated"), ("compression", "compression")],
+)  # fmt: skip
+def test_bad_input_raises_slide_error(tmp_path, kind, problem):
+    path = _damaged(tmp_path, kind)
+    with pytest.raises(SlideError, match=problem) as info:
+        open_slide(path)
+    assert str(path) in str(info.value)
+
+
+def test_corrupt_tile_raises_at_read_time(tmp_path):
+    path = tmp_path / "corrupt.tif"
+    write_pyramid(path, pattern(600, 600), tile=256)
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages.first
+        offset, count = page.dataoffsets[4], page.databytecounts[4]
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\x00" * count)
+    with open_slide(path) as s:
+        s.read_region((0, 0), 0, (100, 100))  # tile 0 is fine
+        with pytest.raises(SlideError, match="corrupt.tif.*cannot read pixels"):
+            s.read_region((300, 300), 0, (100, 100))
+
+
+def test_cli_info(capsys, tmp_path):
+    assert cli_main(["info", str(SVS)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["format"] == "aperio-svs" and out["mpp"] == [0.499, 0.499]
+    assert out["levels"][0] == {"width": 2220, "height": 2967, "downsample": 1.0}
+    assert out["magnification"] == 20.0 and "label" in out["associated"]
+    assert cli_main(["info", str(tmp_path / "nope.svs")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope.svs: no such file" in err[0]
