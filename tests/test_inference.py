@@ -88,7 +88,7 @@ def test_classify_windows_maps_a_bright_square_to_its_cells():
 
 def test_dense_tile_equals_per_patch_classification():
     model = tiny_celnet()
-    m, p, stride, n = model.context_margin, model.config.patch_size, 8, 5
+    m, p, stride, n = model.context_margin, model.config.patch_size, 8, 3
     size = (n - 1) * stride + p + 2 * m
     tile = textured(size, size, seed=1)
     dense = dense_tile_probabilities(model, tile[None], n, stride)[0]

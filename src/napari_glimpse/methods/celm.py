@@ -143,7 +143,8 @@ def grad_cams(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     cam2, cam3, logit
         (N, H, W), (N, H, W), (N,)
     """
-    x = x.detach()
+    # The input requires grad so that F2/F3 are in a graph even for a parameter-free model.
+    x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         f2, f3, logit = _features_and_logit(model, x)
         g2, g3 = torch.autograd.grad(logit.sum(), (f2, f3))
