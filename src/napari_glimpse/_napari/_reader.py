@@ -105,40 +105,29 @@ def read_mask(path, stack: bool = False):
 
 
 def load_mask_layer(mask_path: str, name: str | None = None):
-    """Read a mosaic ground-truth mask file and place it on its slide (see the mosaic module).
+    """A mosaic's ground-truth label mask -> labels layer data placed on its slide.
 
-    The mask is a (tiled) TIFF whose level 0 has one pixel per ``cell_size`` level-0 slide
-    pixels; the slide's mpp and the cell size come from the mosaic's sidecar JSON when
-    present, else from the mask's own resolution tags.
+    The slide is ``<stem>.tif`` beside ``<stem>.mask.tif``: it gives the mpp and the level-0
+    size from which the mask's downsample is inferred. Without it, the mask is taken as
+    level 0 at 1 um/px.
     """
+    from ..annotations import read_label_mask
     from ..layers import mask_to_layer_data
     from ..slides import open_slide
 
-    with open_slide(mask_path) as mask_slide:
-        level = len(mask_slide.levels) - 1 if max(mask_slide.dimensions) > 8192 else 0
-        w, h = mask_slide.levels[level].width, mask_slide.levels[level].height
-        rgb = mask_slide.read_region((0, 0), level, (w, h))
-        downsample = mask_slide.levels[level].downsample
-        mask_mpp = mask_slide.mpp
-    mask = (rgb[..., 0] > 0).astype("uint8")  # a mask stored as RGB: any red is tumour
     slide_path = mask_path[: -len(MASK_SUFFIX)] + ".tif"
     slide_mpp, slide_dims = None, None
     if os.path.isfile(slide_path):
         with open_slide(slide_path) as slide:
             slide_mpp, slide_dims = slide.mpp, slide.dimensions
-    if slide_dims is not None:
-        cell = (slide_dims[0] / w, slide_dims[1] / h)
-    elif mask_mpp is not None:
-        cell = (downsample, downsample)
-        slide_mpp = mask_mpp
-    else:
-        cell = (downsample, downsample)
+    # A coarser pyramid level of the mask is enough to show it (labels survive: nearest).
+    lm = read_label_mask(mask_path, slide_dims, max_pixels=2**24)
     return mask_to_layer_data(
-        mask,
-        cell,
+        lm.mask,
+        lm.downsample,
         slide_mpp,
         name=name or Path(mask_path).name,
-        metadata={"mask_path": mask_path},
+        metadata={"mask_path": mask_path, "slide_path": slide_path if slide_dims else None},
     )
 
 
