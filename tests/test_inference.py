@@ -156,3 +156,31 @@ def test_bad_stride_is_refused():
     slide = FakeSlide(textured(64, 64), mpp=(1.0, 1.0), downsamples=(1,))
     with pytest.raises(ValueError, match="multiple of 4"):
         run(infer_celnet(slide, model, stride=6, tissue=None))
+
+
+def test_cli_infer_writes_summary_maps_and_geojson(tmp_path, capsys):
+    import json
+
+    from napari_glimpse.cli import main
+    from napari_glimpse.methods.celnet_infer import save_celnet
+    from napari_glimpse.runtime.results_io import load_result
+
+    ckpt = tmp_path / "tiny.safetensors"
+    save_celnet(tiny_celnet(), ckpt)
+    slide = "/work/shared/data/slides/cmu-1-small-region.svs"
+    rc = main(["infer", "celnet", "--checkpoint", str(ckpt), slide, "--out", str(tmp_path / "out"),
+               "--region", "600", "800", "1000", "1100", "--stride", "16", "--quiet"])
+    assert rc == 0
+    summary = json.loads((tmp_path / "out" / "cmu-1-small-region" / "summary.json").read_text())
+    for key in ("slide_score", "seconds", "patches_read", "pixels_read"):
+        assert key in summary
+    assert summary["region"] == [600, 800, 1000, 1100] and summary["patches_read"] >= 1
+    result = load_result(tmp_path / "out" / "cmu-1-small-region")
+    prob = result.maps[0]
+    assert prob.cell_size == pytest.approx(16 * 1.0 / 0.499, rel=0.06)  # 16 working px at 1.0 um/px
+    assert result.slide_score == pytest.approx(float(prob.data.max()))
+    assert (tmp_path / "out" / "cmu-1-small-region" / "points.geojson").is_file()
+    assert json.loads(capsys.readouterr().out)["slide_score"] == result.slide_score
+    bad = main(["infer", "celnet", "--checkpoint", str(tmp_path / "missing.safetensors"), slide,
+                "--out", str(tmp_path / "x"), "--quiet"])
+    assert bad == 1

@@ -253,18 +253,69 @@ def infer(slide_path, checkpoint=None, *, device=None, region=None, stride=32, *
 
 
 def load_celnet(checkpoint=None, device=None):
-    """(model in eval mode on ``device``, checkpoint path used) from a checkpoint file.
+    """(model in eval mode on ``device``, checkpoint path) from a checkpoint file.
 
-    Uses ``runtime.checkpoint.load_checkpoint`` and the registry's default checkpoint.
+    Prefers the model helpers' ``runtime.checkpoint.load_model`` and the registry's default
+    checkpoint; until those exist, reads a safetensors file whose metadata holds the
+    ``config`` as JSON (see :func:`save_celnet`). Never unpickles.
     """
-    from ..runtime import checkpoint as ckpt_io
-    from ..runtime.device import pick_device
-    from .registry import get_method
+    import torch
 
-    spec = get_method("celnet")
-    path = checkpoint if checkpoint is not None else spec.default_checkpoint
-    if callable(path):
-        path = path()
-    dev = pick_device(device)
-    model = ckpt_io.load_model(path, method="celnet", device=dev)
-    return model.eval(), None if path is None else str(path)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        from ..runtime.checkpoint import load_model
+    except ImportError:
+        load_model = None
+    if checkpoint is None:
+        try:
+            from .registry import get_method
+
+            checkpoint = get_method("celnet").default_checkpoint
+            checkpoint = checkpoint() if callable(checkpoint) else checkpoint
+        except ImportError:
+            checkpoint = None
+        if checkpoint is None:
+            from ..errors import CheckpointError
+
+            raise CheckpointError("no checkpoint given and celnet has no default checkpoint")
+    if load_model is not None:
+        model = load_model(checkpoint, method="celnet", device=dev)
+    else:
+        model = _load_safetensors(checkpoint).to(dev)
+    return model.eval(), str(checkpoint)
+
+
+def save_celnet(model, path) -> None:
+    """Weights + JSON config in one safetensors file (the format :func:`load_celnet` reads)."""
+    import dataclasses
+    import json
+
+    from safetensors.torch import save_file
+
+    meta = {"method": "celnet", "config": json.dumps(dataclasses.asdict(model.config))}
+    tmp = f"{path}.tmp"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp, metadata=meta)
+    os.replace(tmp, path)
+
+
+def _load_safetensors(path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from ..errors import CheckpointError
+    from .celnet import CELNet, CELNetConfig
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("method") != "celnet":
+            raise CheckpointError(f"not a celnet checkpoint (method={meta.get('method')!r})", path)
+        model = CELNet(CELNetConfig(**json.loads(meta["config"])))
+        model.load_state_dict(load_file(str(path)))
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"cannot load checkpoint: {exc}", path) from exc
+    return model
