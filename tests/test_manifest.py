@@ -1,0 +1,71 @@
+"""The plugin is discoverable by npe2 from the editable install and from a built wheel."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from npe2 import PluginManifest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPECTED = {"napari-glimpse.get_reader", "napari-glimpse.write_geojson",
+            "napari-glimpse.data.cmu1_small_region", "napari-glimpse.data.tumour_mosaic"}
+
+
+def _check(manifest: PluginManifest) -> None:
+    assert manifest.name == "napari-glimpse"
+    assert EXPECTED <= {c.id for c in manifest.contributions.commands}
+    assert manifest.contributions.readers and manifest.contributions.writers
+    manifest.validate_imports()  # every python_name resolves
+
+
+def test_manifest_from_installed_distribution():
+    _check(PluginManifest.from_distribution("napari-glimpse"))
+
+
+def test_npe2_validate_cli():
+    out = subprocess.run([sys.executable, "-m", "npe2", "validate", str(ROOT / "napari.yaml")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_package_manifest_is_the_root_manifest():
+    assert (ROOT / "src/napari_glimpse/napari.yaml").read_text() == (ROOT / "napari.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_built_wheel_carries_a_real_manifest(tmp_path):
+    cmd = [sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path), str(ROOT)]
+    if importlib.util.find_spec("hatchling"):
+        cmd.insert(3, "--no-isolation")  # offline when the backend is installed
+    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    (wheel,) = tmp_path.glob("napari_glimpse-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        assert "napari_glimpse/_sample_data/cmu-1-small-region.svs" in names
+        entry = next(n for n in names if n.endswith("entry_points.txt"))
+        assert "napari_glimpse:napari.yaml" in zf.read(entry).decode()
+        zf.extractall(tmp_path / "unpacked")
+    manifest_file = tmp_path / "unpacked/napari_glimpse/napari.yaml"
+    assert manifest_file.is_file() and not manifest_file.is_symlink()
+    manifest = PluginManifest.from_file(manifest_file)
+    assert EXPECTED <= {c.id for c in manifest.contributions.commands}
+
+
+def test_core_imports_without_qt():
+    code = (
+        "import sys; sys.modules['qtpy'] = None; sys.modules['PyQt5'] = None\n"
+        "import importlib\n"
+        "for m in ['slides', 'annotations', 'coords', 'results', 'layers', 'methods', 'runtime',\n"
+        "          'runtime.results_io', 'slides.tissue', 'cli']:\n"
+        "    importlib.import_module('napari_glimpse.' + m)\n"
+        "assert 'napari' not in sys.modules, 'the core imported napari'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
