@@ -36,7 +36,7 @@ def write_pyramid(path, base, tile=256, subifds=False, compression="jpeg", mpp=0
         prev = levels[-1]
         h, w = (prev.shape[0] + 1) // 2, (prev.shape[1] + 1) // 2
         levels.append(np.asarray(prev[::2, ::2][:h, :w]))
-    res = dict(resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER") if mpp else {}
+    res = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"} if mpp else {}
     with tifffile.TiffWriter(path) as tw:
         tw.write(
             levels[0], tile=(tile, tile), compression=compression, photometric="rgb",

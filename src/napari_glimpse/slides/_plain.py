@@ -28,8 +28,10 @@ class PlainBackend:
                 dpi = im.info.get("dpi")
                 # Pillow's bomb check would refuse large-but-allowed images with a warning
                 # turned error; our own limit above is what applies.
-                Image.MAX_IMAGE_PIXELS = None if Image.MAX_IMAGE_PIXELS is None else max(
-                    Image.MAX_IMAGE_PIXELS, MAX_PLAIN_PIXELS
+                Image.MAX_IMAGE_PIXELS = (
+                    None
+                    if Image.MAX_IMAGE_PIXELS is None
+                    else max(Image.MAX_IMAGE_PIXELS, MAX_PLAIN_PIXELS)
                 )
                 im.load()
                 px = np.asarray(im.convert("RGB"))

@@ -203,6 +203,8 @@ class Slide:
     def _read_clipped(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
         """Level pixels [lx, lx + w) x [ly, ly + h); outside the level is white."""
         lv = self.levels[level]
+        if lx >= 0 and ly >= 0 and lx + w <= lv.width and ly + h <= lv.height and w and h:
+            return self._guard(self._backend.read_level, level, lx, ly, lx + w, ly + h)
         out = np.full((h, w, 3), 255, dtype=np.uint8)
         x0, y0 = max(lx, 0), max(ly, 0)
         x1, y1 = min(lx + w, lv.width), min(ly + h, lv.height)

@@ -353,7 +353,8 @@ class TiffBackend:
             return np.asarray(arr[y0:y1, x0:x1].compute())
         reader = self._reader(level)
         if reader is not None:
-            return _to_rgb(reader.read(x0, y0, x1, y1))
+            px = reader.read(x0, y0, x1, y1)
+            return px if px.shape[2] == 3 else _to_rgb(px)
         return np.asarray(self.dask_level(level)[y0:y1, x0:x1].compute())
 
     def decoded_tiles(self) -> int:
@@ -405,4 +406,3 @@ class TiffBackend:
 
     def close(self) -> None:
         self._tif.close()
-
