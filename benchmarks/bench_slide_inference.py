@@ -1,0 +1,84 @@
+"""Whole-slide CELNet inference on a PCam mosaic: windows/s and peak RSS (bounded memory).
+
+Writes a SIZE x SIZE pyramidal TIFF (default 20000) at 0.972 um/px whose tissue is a disc
+of real PCam patches on a white background, then runs ``infer_celnet`` over the tissue.
+
+    nice python benchmarks/bench_slide_inference.py [--size 20000] [--stride 32] [--celm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from napari_glimpse.methods.celnet import CELNet, CELNetConfig
+from napari_glimpse.methods.celnet_infer import infer_celnet
+from napari_glimpse.slides.writer import write_pyramid
+
+
+def mosaic_tiles(size: int, tile: int, patches: list[np.ndarray]):
+    """Row-major tiles; a disc of radius size/3 holds PCam patches on a 96-px lattice."""
+    c, rad = size / 2, size / 3
+    for ty in range(0, size, tile):
+        for tx in range(0, size, tile):
+            out = np.full((min(tile, size - ty), min(tile, size - tx), 3), 255, np.uint8)
+            for y in range(ty - ty % 96, ty + out.shape[0], 96):
+                for x in range(tx - tx % 96, tx + out.shape[1], 96):
+                    if (x + 48 - c) ** 2 + (y + 48 - c) ** 2 > rad**2:
+                        continue
+                    pt = patches[(x // 96 * 7919 + y // 96 * 104729) % len(patches)]
+                    y0, x0 = max(y, ty), max(x, tx)
+                    y1, x1 = min(y + 96, ty + out.shape[0]), min(x + 96, tx + out.shape[1])
+                    out[y0 - ty : y1 - ty, x0 - tx : x1 - tx] = pt[y0 - y : y1 - y, x0 - x : x1 - x]
+            yield out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=20000)
+    ap.add_argument("--stride", type=int, default=32)
+    ap.add_argument("--celm", action="store_true")
+    a = ap.parse_args()
+    files = sorted(glob.glob("/work/shared/data/pcam/valid/*/*.jpg"))[:400]
+    patches = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "mosaic.tif"
+        t0 = time.perf_counter()
+        write_pyramid(path, a.size, a.size, mosaic_tiles(a.size, 512, patches), mpp=0.972)
+        t_write = time.perf_counter() - t0
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        torch.manual_seed(0)
+        model = CELNet(CELNetConfig()).eval()
+        gen = infer_celnet(str(path), model, stride=a.stride, celm=a.celm)
+        t0 = time.perf_counter()
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                result = stop.value
+                break
+        dt = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    s = result.summary
+    windows = int((result.maps[0].data > 0).sum())
+    level0_mb = a.size * a.size * 3 / 2**20
+    print(f"mosaic {a.size} x {a.size} px written in {t_write:.0f} s; stride {a.stride}, celm={a.celm}, "
+          f"threads {torch.get_num_threads()}")
+    print(f"inference {dt:.1f} s: {s['patches_read']} tiles, {windows} tissue windows "
+          f"({windows / dt:.0f} windows/s), {s['pixels_read'] / 1e6:.0f} Mpx read "
+          f"({s['pixels_read'] / (a.size * a.size):.2f} x level 0)")
+    print(f"peak RSS {rss:.0f} MiB (before inference {rss0:.0f} MiB); level 0 decoded would be "
+          f"{level0_mb:.0f} MiB; ratio {rss / level0_mb:.2f}")
+    print(f"slide score {result.slide_score:.4f}")
+
+
+if __name__ == "__main__":
+    main()
