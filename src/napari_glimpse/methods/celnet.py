@@ -1,0 +1,336 @@
+"""CELNet: cancerous-evidence localisation network (Huang & Chung, MICCAI 2019).
+
+Architecture (METHODS.md section 5)::
+
+    RGB [0, 1] -> normalise -> 3x3 conv head (3 -> 16), BN, ReLU
+      module 1: 3 MA-ResBlocks, 16 ch, stride 1   (96 x 96 for a 96-px patch)
+      module 2: 3 MA-ResBlocks, 32 ch, stride 2   (48 x 48)  -> F2
+      module 3: 3 MA-ResBlocks, 64 ch, stride 2   (24 x 24)  -> F3
+    companion 2 = [GAP(F2), GMP(F2)]  (64)     -> 1x1 conv -> aux2 logit
+    companion 3 = [GAP(F3), GMP(F3)]  (128)    -> 1x1 conv -> aux3 logit
+    [companion 2, companion 3]        (192)    -> 1x1 conv -> logit (cancer score before sigmoid)
+
+An MA-ResBlock is conv3x3(stride s)-BN-ReLU, conv3x3-BN, the multi-branch attention module
+(MAM), plus the shortcut (identity, or 3x3 stride-2 conv + BN when the block downsamples),
+then ReLU. MAM = channel attention (a shared bottleneck MLP, reduction 4, on the average- and
+max-pooled descriptors, summed, sigmoid) followed by spatial attention
+``A_s = sigmoid(sum_k conv_k([mean_c F, max_c F]))`` for k in (3, 5, 7), multiplying F.
+
+Contract for fully-convolutional slide inference (read this before writing a dense path)
+-------------------------------------------------------------------------------------
+The paper's channel attention pools over the whole feature map. A global pool makes every
+feature depend on the whole input, so the features of a patch inside a large tile can never
+equal those of the patch alone, and no dense map can be exact. CELNet here therefore pools the
+channel-attention descriptors over a *local* window of ``config.channel_window`` cells
+(default 7; ``None`` restores the paper's global pooling and gives up exactness). With that,
+every layer before the companion pooling is a local, translation-equivariant operation and
+the network has a finite receptive field: a feature cell of F2/F3 depends only on input
+pixels within ``model.context_margin`` px (168 px with the defaults) of the cell's centre.
+
+Consequences, which both paths must respect:
+
+* ``forward(x)`` classifies a bare ``patch_size`` patch with zero padding at its border -- how
+  the network is trained and how PCam-style patch data is evaluated.
+* On a slide, a patch has real neighbours, so the per-patch reference is
+  ``classify_with_context(x)``: ``x`` is the patch read together with ``context_margin`` px of
+  slide around it (``patch_size + 2 * context_margin`` px square); the companions pool only
+  the cells of the central patch.
+* The dense path reads a tile together with the same margin, computes ``features`` once and
+  calls ``window_logits(F2, F3, step)``. Output cell (r, c) is the window whose top-left
+  input pixel is (row, col) = (r * step, c * step) relative to the tile input's origin; it
+  equals ``classify_with_context`` of that window (to float round-off, < 1e-4) whenever the
+  window lies at least ``context_margin`` px inside the input on every side. Windows closer
+  to the input border see zero padding instead of slide and must be discarded (overlap
+  neighbouring tiles by ``2 * context_margin`` px). ``step`` and window offsets must be
+  multiples of ``model.stride`` (4 px) so that the stride-2 grids line up.
+* The dense map and ``forward`` on an isolated patch differ near the patch border by design:
+  the patch alone is padded with zeros, the slide is not.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["CELNet", "CELNetConfig", "build_model"]
+
+# ImageNet-like RGB statistics; the network takes float RGB in [0, 1] and normalises itself, so
+# every caller (training, dense inference, CELM) feeds the same thing.
+_MEAN = (0.70, 0.55, 0.70)
+_STD = (0.20, 0.25, 0.20)
+
+
+def _f(default, help: str, **meta):
+    """A dataclass field carrying help text and ranges for the CLI and the widgets."""
+    kwargs = {"default_factory": default} if callable(default) else {"default": default}
+    return field(metadata={"help": help, **meta}, **kwargs)
+
+
+@dataclass
+class CELNetConfig:
+    """Everything that defines a CELNet model, its training and its slide inference.
+
+    Defaults are the paper's (PCam, 10x); every field is validated in ``__post_init__``.
+    """
+
+    # --- network -------------------------------------------------------------------------
+    widths: tuple[int, ...] = _f((16, 32, 64), "channels of the three MA-ResModules", group="network")
+    blocks: int = _f(3, "building blocks per MA-ResModule", min=1, max=8, group="network")
+    reduction: int = _f(4, "channel-attention bottleneck reduction", min=1, max=64, group="network")
+    spatial_kernels: tuple[int, ...] = _f(
+        (3, 5, 7), "kernel sizes of the spatial-attention branches (odd)", group="network"
+    )
+    channel_window: int | None = _f(
+        7,
+        "channel-attention pooling window in cells (odd); None = global pooling as in the "
+        "paper, which makes dense slide inference inexact",
+        min=1,
+        max=99,
+        group="network",
+    )
+    # --- training ------------------------------------------------------------------------
+    aux_loss_weight: float = _f(0.5, "weight of each companion (deep-supervision) loss", min=0.0, max=10.0, group="training")
+    weight_decay: float = _f(1e-5, "L2 regularisation (SGD weight decay)", min=0.0, max=1.0, group="training")
+    lr: float = _f(1e-4, "initial learning rate", min=1e-7, max=10.0, group="training")
+    momentum: float = _f(0.9, "SGD Nesterov momentum", min=0.0, max=0.999, group="training")
+    lr_milestones: tuple[float, ...] = _f(
+        (0.5, 0.75), "fractions of the epochs at which the learning rate is multiplied by lr_gamma", group="training"
+    )
+    lr_gamma: float = _f(0.5, "learning-rate factor at each milestone", min=0.0, max=1.0, group="training")
+    batch_size: int = _f(64, "training batch size", min=1, max=4096, group="training")
+    epochs: int = _f(100, "training epochs", min=1, max=10000, group="training")
+    augment: bool = _f(True, "random 90-degree rotations and flips during training", group="training")
+    # --- data / resolution ---------------------------------------------------------------
+    patch_size: int = _f(96, "input patch size in pixels (multiple of 4)", min=16, max=1024, group="data")
+    mpp: float = _f(0.972, "working resolution in um/px (PCam is 10x, 0.972 um/px)", min=0.05, max=20.0, group="data")
+    # --- slide inference / CELM (used by the inference code) ------------------------------
+    threshold: float = _f(0.5, "tumour probability threshold", min=0.0, max=1.0, group="inference")
+    celm_a: float = _f(0.5, "CELM: weight of CAM3 against CAM2 (a)", min=0.0, max=1.0, group="inference")
+    celm_b: float = _f(0.5, "CELM: weight of CAM x saliency against CAM (b)", min=0.0, max=1.0, group="inference")
+    evidence_threshold: float = _f(0.5, "CELM threshold for the evidence mask", min=0.0, max=1.0, group="inference")
+    saliency_sigma: float = _f(2.0, "Gaussian smoothing of the saliency map (px)", min=0.0, max=50.0, group="inference")
+
+    def __post_init__(self):
+        for name in ("widths", "spatial_kernels", "lr_milestones"):
+            value = getattr(self, name)
+            if isinstance(value, (int, float)):
+                value = (value,)
+            setattr(self, name, tuple(value))
+        if len(self.widths) != 3 or any(int(w) != w or w < 1 for w in self.widths):
+            raise ValueError(f"CELNetConfig.widths must be three positive integers, got {self.widths}")
+        self.widths = tuple(int(w) for w in self.widths)
+        if not self.spatial_kernels or any(k < 1 or k % 2 == 0 for k in self.spatial_kernels):
+            raise ValueError(f"CELNetConfig.spatial_kernels must be odd and positive, got {self.spatial_kernels}")
+        if self.channel_window is not None and (self.channel_window < 1 or self.channel_window % 2 == 0):
+            raise ValueError(f"CELNetConfig.channel_window must be odd and positive or None, got {self.channel_window}")
+        if self.patch_size % 4:
+            raise ValueError(f"CELNetConfig.patch_size must be a multiple of 4, got {self.patch_size}")
+        if any(not 0.0 < m < 1.0 for m in self.lr_milestones):
+            raise ValueError(f"CELNetConfig.lr_milestones must lie in (0, 1), got {self.lr_milestones}")
+        for f_ in fields(self):
+            lo, hi = f_.metadata.get("min"), f_.metadata.get("max")
+            value = getattr(self, f_.name)
+            if value is None or isinstance(value, tuple) or isinstance(value, bool):
+                continue
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                raise ValueError(f"CELNetConfig.{f_.name}={value} is outside [{lo}, {hi}]")
+        if any(w // self.reduction < 1 for w in self.widths):
+            raise ValueError(f"CELNetConfig.reduction={self.reduction} leaves no channels for width {min(self.widths)}")
+
+
+class MAM(nn.Module):
+    """Multi-branch attention module: channel attention, then multi-kernel spatial attention."""
+
+    def __init__(self, channels: int, reduction: int, kernels: tuple[int, ...], window: int | None):
+        super().__init__()
+        hidden = channels // reduction
+        self.window = window
+        # 1x1 convs rather than Linear so the MLP applies per cell when pooling is local.
+        self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1))
+        self.spatial = nn.ModuleList(nn.Conv2d(2, 1, k, padding=k // 2) for k in kernels)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        if self.window is None:
+            avg = f.mean(dim=(2, 3), keepdim=True)
+            mx = f.amax(dim=(2, 3), keepdim=True)
+        else:
+            w = self.window
+            avg = F.avg_pool2d(f, w, stride=1, padding=w // 2, count_include_pad=False)
+            mx = F.max_pool2d(f, w, stride=1, padding=w // 2)
+        f = f * torch.sigmoid(self.mlp(avg) + self.mlp(mx))
+        s = torch.cat([f.mean(dim=1, keepdim=True), f.amax(dim=1, keepdim=True)], dim=1)
+        a = self.spatial[0](s)
+        for conv in self.spatial[1:]:
+            a = a + conv(s)
+        return f * torch.sigmoid(a)
+
+
+class MAResBlock(nn.Module):
+    """Residual building block with MAM; downsamples with a 3x3 stride-2 shortcut conv."""
+
+    def __init__(self, cin: int, cout: int, stride: int, config: CELNetConfig):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.mam = MAM(cout, config.reduction, config.spatial_kernels, config.channel_window)
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            # 3x3 rather than 1x1 so downsampling loses less (paper, section 2.1).
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = self.mam(self.bn2(self.conv2(out)))
+        identity = x if self.shortcut is None else self.shortcut(x)
+        return F.relu(out + identity, inplace=True)
+
+
+class CELNet(nn.Module):
+    """CELNet with deep supervision; see the module docstring for the dense-inference contract.
+
+    Parameters
+    ----------
+    config : CELNetConfig
+        Network shape and everything else the method needs.
+
+    Attributes
+    ----------
+    stride : int
+        Input pixels per F3 cell (4); F2 cells are ``stride // 2`` px.
+    context_margin : int
+        Receptive-field radius in input px, rounded up to a multiple of ``stride``: features of
+        cells inside a window depend only on pixels within this margin around the window.
+    """
+
+    stride = 4
+
+    def __init__(self, config: CELNetConfig | None = None):
+        super().__init__()
+        self.config = config = config or CELNetConfig()
+        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+        w1, w2, w3 = config.widths
+        self.stem = nn.Sequential(nn.Conv2d(3, w1, 3, padding=1, bias=False), nn.BatchNorm2d(w1), nn.ReLU(inplace=True))
+        self.module1 = self._module(w1, w1, 1)
+        self.module2 = self._module(w1, w2, 2)
+        self.module3 = self._module(w2, w3, 2)
+        self.aux2 = nn.Conv2d(2 * w2, 1, 1)
+        self.aux3 = nn.Conv2d(2 * w3, 1, 1)
+        self.classifier = nn.Conv2d(2 * w2 + 2 * w3, 1, 1)
+        self.context_margin = self._receptive_radius()
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and m.kernel_size[0] == 3 and m.in_channels > 2:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def _module(self, cin: int, cout: int, stride: int) -> nn.Sequential:
+        blocks = [MAResBlock(cin, cout, stride, self.config)]
+        blocks += [MAResBlock(cout, cout, 1, self.config) for _ in range(self.config.blocks - 1)]
+        return nn.Sequential(*blocks)
+
+    def _receptive_radius(self) -> int | None:
+        """Receptive-field radius of F3 in input px, rounded up to a multiple of ``stride``."""
+        cfg = self.config
+        if cfg.channel_window is None:
+            return None
+        per_block = cfg.channel_window // 2 + max(cfg.spatial_kernels) // 2  # MAM, in cells
+        radius, jump = 1, 1  # stem conv
+        for stride in (1, 2, 2):
+            for b in range(cfg.blocks):
+                radius += jump  # conv1 (its stride acts after its own footprint)
+                if b == 0:
+                    jump *= stride
+                radius += jump + per_block * jump  # conv2 + MAM
+        return int(math.ceil(radius / self.stride) * self.stride)
+
+    # --- the pieces the dense path and CELM use ---------------------------------------------
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """RGB float in [0, 1] -> network input."""
+        return (x - self.mean) / self.std
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Module-2 and module-3 feature maps (before pooling) of RGB input in [0, 1].
+
+        ``x`` is (N, 3, H, W) with H, W multiples of 4; F2 is (N, w2, H/2, W/2), F3 is
+        (N, w3, H/4, W/4). Cell (i, j) of F2 is centred on input pixel (2i, 2j), of F3 on (4i, 4j).
+        """
+        h = self.module1(self.stem(self.normalize(x)))
+        f2 = self.module2(h)
+        return f2, self.module3(f2)
+
+    def head(self, gap2: torch.Tensor, gmp2: torch.Tensor, gap3: torch.Tensor, gmp3: torch.Tensor) -> torch.Tensor:
+        """Cancer-score logit from pooled companions: (N, C) -> (N,), or (N, C, h, w) -> (N, h, w)."""
+        return self._conv1x1(self.classifier, torch.cat([gap2, gmp2, gap3, gmp3], dim=1))
+
+    def aux_heads(self, gap2, gmp2, gap3, gmp3) -> tuple[torch.Tensor, torch.Tensor]:
+        """Companion logits (aux2, aux3), same shapes as :meth:`head`."""
+        return (
+            self._conv1x1(self.aux2, torch.cat([gap2, gmp2], dim=1)),
+            self._conv1x1(self.aux3, torch.cat([gap3, gmp3], dim=1)),
+        )
+
+    @staticmethod
+    def _conv1x1(conv: nn.Conv2d, z: torch.Tensor) -> torch.Tensor:
+        if z.ndim == 2:
+            return F.linear(z, conv.weight.flatten(1), conv.bias)[:, 0]
+        return conv(z)[:, 0]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits (before sigmoid) of bare patches, zero-padded at their border.
+
+        Returns ``dict(logit=(N,), aux2=(N,), aux3=(N,))``.
+        """
+        f2, f3 = self.features(x)
+        pooled = (f2.mean(dim=(2, 3)), f2.amax(dim=(2, 3)), f3.mean(dim=(2, 3)), f3.amax(dim=(2, 3)))
+        aux2, aux3 = self.aux_heads(*pooled)
+        return {"logit": self.head(*pooled), "aux2": aux2, "aux3": aux3}
+
+    def window_logits(self, f2: torch.Tensor, f3: torch.Tensor, step: int | None = None) -> torch.Tensor:
+        """Dense logits of every ``patch_size`` window, ``step`` px apart, from tile features.
+
+        Returns (N, rows, cols); cell (r, c) is the window whose top-left input pixel is
+        (r * step, c * step). Exact only for windows ``context_margin`` px inside the input.
+        """
+        step = step or self.stride
+        if step % self.stride:
+            raise ValueError(f"step must be a multiple of {self.stride} px, got {step}")
+        k3, k2 = self.config.patch_size // 4, self.config.patch_size // 2
+        s3, s2 = step // 4, step // 2
+        pooled = (
+            F.avg_pool2d(f2, k2, stride=s2),
+            F.max_pool2d(f2, k2, stride=s2),
+            F.avg_pool2d(f3, k3, stride=s3),
+            F.max_pool2d(f3, k3, stride=s3),
+        )
+        rows = min(p.shape[2] for p in pooled)
+        cols = min(p.shape[3] for p in pooled)
+        return self.head(*(p[:, :, :rows, :cols] for p in pooled))
+
+    def classify_with_context(self, x: torch.Tensor) -> torch.Tensor:
+        """Logit of the central patch of ``x`` read with ``context_margin`` px of context.
+
+        ``x`` is (N, 3, P + 2m, P + 2m) with P = ``patch_size`` and m = ``context_margin``;
+        the per-patch reference that the dense map reproduces. Returns (N,).
+        """
+        m, p = self.context_margin, self.config.patch_size
+        if m is None:
+            raise ValueError("channel_window=None (global channel attention) has no finite context")
+        if x.shape[-1] != p + 2 * m or x.shape[-2] != p + 2 * m:
+            raise ValueError(f"expected {p + 2 * m} px square input (patch {p} + 2 x margin {m}), got {tuple(x.shape[-2:])}")
+        f2, f3 = self.features(x)
+        f2 = f2[:, :, m // 2 : (m + p) // 2, m // 2 : (m + p) // 2]
+        f3 = f3[:, :, m // 4 : (m + p) // 4, m // 4 : (m + p) // 4]
+        pooled = (f2.mean(dim=(2, 3)), f2.amax(dim=(2, 3)), f3.mean(dim=(2, 3)), f3.amax(dim=(2, 3)))
+        return self.head(*pooled)
+
+
+def build_model(config: CELNetConfig | None = None) -> CELNet:
+    """Build an untrained CELNet (the registry's ``build_model``)."""
+    return CELNet(config or CELNetConfig())
