@@ -189,10 +189,10 @@ def _paste_evidence(model, img, tile, prob, keep, windows, evidence, evidence_ce
     k = p // evidence_cell
     for sel in batched(np.arange(len(rr)), celm_batch):
         crops = np.stack([img[margin + r * s : margin + r * s + p, margin + c * s : margin + c * s + p]
-                          for r, c in zip(rr[sel], cc[sel])])
+                          for r, c in zip(rr[sel], cc[sel], strict=False)])
         out = compute_celm(model, _to_tensor(crops, device), params).celm
         cells = torch.nn.functional.adaptive_avg_pool2d(out[:, None], k)[:, 0].cpu().numpy()
-        for (r, c), m in zip(zip(rr[sel], cc[sel]), cells, strict=True):
+        for (r, c), m in zip(zip(rr[sel], cc[sel], strict=False), cells, strict=True):
             # Window top-left in working px relative to the region, then evidence cells.
             ex = ((tile.col0 + c) * s - windows.offset) // evidence_cell
             ey = ((tile.row0 + r) * s - windows.offset) // evidence_cell

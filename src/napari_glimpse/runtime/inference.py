@@ -361,7 +361,7 @@ def classify_windows(
         stats.pixels_read += npx
         rr, cc = np.nonzero(on[tile.row0 : tile.row0 + tile.rows, tile.col0 : tile.col0 + tile.cols])
         for sel in batched(np.arange(len(rr)), batch_size):
-            batch = np.stack([img[r * s : r * s + p, c * s : c * s + p] for r, c in zip(rr[sel], cc[sel])])
+            batch = np.stack([img[r * s : r * s + p, c * s : c * s + p] for r, c in zip(rr[sel], cc[sel], strict=False)])
             probs = run_with_oom_retry(predict, batch)
             out[tile.row0 + rr[sel], tile.col0 + cc[sel]] = probs
             stats.patches_read += len(batch)
