@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -79,18 +80,35 @@ def test_svs_metadata_and_associated():
             s.associated_image("nope")
 
 
-def test_ome_metadata_and_pixels():
+def test_ome_metadata_and_pixels(tmp_path):
+    # OpenSlide 4 rejects this big-endian OME file ("Cannot read dircount"), so the same
+    # JPEG tile bytes are copied unchanged into a plain tiled TIFF that it does read.
+    copy = tmp_path / "same-tiles.tif"
+    with tifffile.TiffFile(OME) as tif:
+        page = tif.pages.first
+        fh = tif.filehandle
+
+        def raw_tiles():
+            for offset, count in zip(page.dataoffsets, page.databytecounts):
+                fh.seek(offset)
+                yield fh.read(count)
+
+        tifffile.imwrite(
+            copy, raw_tiles(), shape=page.shape, dtype=np.uint8, tile=(512, 512),
+            compression="jpeg", photometric="rgb",
+        )  # fmt: skip
+    osr = openslide.OpenSlide(str(copy))
     with open_slide(OME) as s:
         assert s.format == "ome-tiff"
         assert s.dimensions == (1101, 1101)
         assert s.mpp == pytest.approx((0.2271, 0.2271), abs=1e-3)
-        # OpenSlide 4 cannot open this big-endian OME file, so the reference is tifffile.
-        ref = tifffile.imread(OME)
-        for x, y, w, h in [(0, 0, 100, 100), (500, 505, 30, 40), (1000, 1050, 200, 100)]:
+        for x, y, w, h in [(0, 0, 100, 100), (500, 505, 30, 40), (1000, 1050, 200, 100),
+                           (-7, 300, 520, 600)]:  # fmt: skip
+            ref = osr.read_region((x, y), 0, (w, h))
             got = s.read_region((x, y), 0, (w, h))
-            part = ref[y : y + h, x : x + w]
-            assert np.array_equal(got[: part.shape[0], : part.shape[1]], part)
-            assert (got[part.shape[0] :] == 255).all() and (got[:, part.shape[1] :] == 255).all()
+            assert opaque_diff(got, ref) == 0
+            assert (got[np.asarray(ref)[..., 3] == 0] == 255).all()
+        assert np.array_equal(s.read_region((0, 0), 0, (1101, 1101)), tifffile.imread(OME))
 
 
 # -- pixels equal OpenSlide ----------------------------------------------------------------
@@ -127,7 +145,7 @@ def test_pyramid_levels_equal_openslide(pyramid):
                 assert opaque_diff(got, osr.read_region(loc, level, (120, 90))) == 0
             # Fractional positions: OpenSlide interpolates bilinearly (pixman, with its own
             # rounding and tile seams); we match to a few grey levels, mostly exactly.
-            for loc in [(101, 37), (513, 515), (3, 1)]:
+            for loc in [(101, 37), (513, 515), (3, 1), (-5, 9), (-50, -20)]:
                 got = s.read_region(loc, level, (150, 100))
                 ref = np.asarray(osr.read_region(loc, level, (150, 100)))
                 diff = np.abs(got.astype(int) - ref[..., :3])[ref[..., 3] == 255]
@@ -156,17 +174,28 @@ def test_read_region_decodes_only_needed_tiles(tmp_path):
         path, (block for _ in range((side // tile) ** 2)), shape=(side, side, 3),
         dtype=np.uint8, tile=(tile, tile), compression="zlib", photometric="rgb", bigtiff=True,
     )  # fmt: skip
-    with open_slide(path) as s:
-        assert s.dimensions == (side, side)
-        assert s._backend.decoded_tiles() == 0  # opening reads metadata only
-        px = s.read_region((1000, 1000), 0, (200, 200))
-        assert (px == 200).all()
-        assert s._backend.decoded_tiles() <= 4
-        px = s.read_region((1000, 1000), 0, (200, 200))  # cached
-        assert s._backend.decoded_tiles() <= 4
-        arr = s.dask_levels()[0]
-        assert arr.shape == (side, side, 3) and arr.chunksize[:2] == (512, 512)
-        assert (arr[5000:5010, 7000:7010].compute() == 200).all()
+    tracemalloc.start()
+    try:
+        with open_slide(path) as s:
+            assert s.dimensions == (side, side)
+            assert s._backend.decoded_tiles() == 0  # opening reads metadata only
+            px = s.read_region((1000, 1000), 0, (200, 200))
+            assert (px == 200).all()
+            assert s._backend.decoded_tiles() <= 4
+            px = s.read_region((1000, 1000), 0, (200, 200))  # cached
+            assert s._backend.decoded_tiles() <= 4
+            arr = s.dask_levels()[0]
+            assert arr.shape == (side, side, 3) and arr.chunksize[:2] == (512, 512)
+            assert (arr[5000:5010, 7000:7010].compute() == 200).all()
+            assert s.levels[-1].width <= 1024  # levels made lazily over the one stored
+            before = s._backend.decoded_tiles()
+            assert (s.read_region((8000, 8000), len(s.levels) - 1, (4, 4)) == 200).all()
+            assert s._backend.decoded_tiles() - before <= 4
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Level 0 is 805 MB; everything above touched a few 512 px chunks at most.
+    assert peak < 60e6
 
 
 def test_dask_chunks_square_for_thin_tiles_and_strips(tmp_path):
@@ -178,16 +207,23 @@ def test_dask_chunks_square_for_thin_tiles_and_strips(tmp_path):
         lvl0 = s.dask_levels()[0][100:400, 200:600].compute()
         assert np.array_equal(lvl0, s.read_region((200, 100), 0, (400, 300)))
     path = tmp_path / "strips.tif"
-    img = pattern(1500, 1200)
+    img = pattern(2200, 1200)
     tifffile.imwrite(path, img, rowsperstrip=16, compression="zlib", photometric="rgb")
     with open_slide(path) as s:
         assert s.dask_levels()[0].chunksize[:2] == (512, 512)
         assert np.array_equal(s.read_region((33, 77), 0, (600, 500)), img[77:577, 33:633])
         # Coarser levels computed lazily from level 0 by 2 x 2 means.
-        assert s.levels[1] == Level(600, 750, 2.0)
+        assert s.levels[1:] == [Level(600, 1100, 2.0), Level(300, 550, 4.0)]
         want = np.round(img[:200, :200].reshape(100, 2, 100, 2, 3).mean((1, 3))).astype(np.uint8)
         assert np.array_equal(s.read_region((0, 0), 1, (100, 100)), want)
         assert np.array_equal(s.dask_levels()[1][:100, :100].compute(), want)
+        # read_region on computed levels equals the dask levels napari shows.
+        for level in (1, 2):
+            lv = s.levels[level]
+            dask_px = s.dask_levels()[level].compute()
+            assert dask_px.shape == (lv.height, lv.width, 3)
+            got = s.read_region((0, 0), level, (lv.width, lv.height))
+            assert np.array_equal(got, dask_px)
 
 
 # -- plain images and resolution -----------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SlideError
+from ._pyramid import read_coarsened
 from ._slide import MAX_PLAIN_PIXELS, MIN_CHUNK, Level
 
 
@@ -62,7 +63,8 @@ class PlainBackend:
     def read_level(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         if level == 0:
             return self._px[y0:y1, x0:x1]
-        return np.asarray(self._arrays[level][y0:y1, x0:x1].compute())
+        k = round(np.log2(self.levels[level].downsample))
+        return read_coarsened(lambda a, b, c, d: self._px[b:d, a:c], k, x0, y0, x1, y1)
 
     def dask_level(self, level: int):
         return self._arrays[level]

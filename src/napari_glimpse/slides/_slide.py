@@ -183,12 +183,10 @@ class Slide:
         lv = self.levels[level]
         # OpenSlide divides the level-0 location by the downsample and, where that is not
         # a whole pixel, paints the level at the fractional offset with bilinear filtering
-        # (cairo/pixman, 7-bit weights). Whole-pixel offsets are copied exactly.
-        fx = int(location[0]) / lv.downsample
-        fy = int(location[1]) / lv.downsample
-        lx, ly = math.floor(fx), math.floor(fy)
-        wx = round((fx - lx) * 65536) >> 9
-        wy = round((fy - ly) * 65536) >> 9
+        # (cairo/pixman, 7-bit weights). A negative coordinate is clipped first: it becomes
+        # a whole-pixel margin of trunc(-c / downsample) and reading starts at 0.
+        lx, wx = _level_position(int(location[0]), lv.downsample)
+        ly, wy = _level_position(int(location[1]), lv.downsample)
         if wx == 0 and wy == 0:
             return self._read_clipped(level, lx, ly, w, h)
         src = self._read_clipped(level, lx, ly, w + 1, h + 1).astype(np.int32)
@@ -248,6 +246,15 @@ class Slide:
             raise SlideError(f"out of memory while reading pixels ({exc})", self.path) from exc
         except Exception as exc:  # tifffile / imagecodecs / OS errors of any type
             raise SlideError(f"cannot read pixels: {type(exc).__name__}: {exc}", self.path) from exc
+
+
+def _level_position(c: int, downsample: float) -> tuple[int, int]:
+    """(whole level pixel, 7-bit bilinear weight of the next pixel) for level-0 coord c."""
+    if c < 0:
+        return -int(-c / downsample), 0
+    f = c / downsample
+    whole = math.floor(f)
+    return whole, round((f - whole) * 65536) >> 9
 
 
 def open_slide(path: str | os.PathLike) -> Slide:
