@@ -1,0 +1,77 @@
+"""A magicgui form built from a config dataclass's fields (ints, floats, bools, choices).
+
+Fields carry their help text and ranges in ``dataclasses.field(metadata=...)``: ``help``,
+``min``, ``max``, ``choices`` and ``group``. Fields of other types (tuples, optionals) are
+not shown: they keep the config's (or the checkpoint's) value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Callable
+from typing import Any, Literal
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, SpinBox
+
+
+def _float_step(default: float) -> float:
+    """A step one decade below the default's magnitude (so 1e-4 shows as 0.00010, not 0.00)."""
+    if not default:
+        return 0.01
+    return min(0.1, 10 ** (math.floor(math.log10(abs(default))) - 1))
+
+
+def field_widget(f: dataclasses.Field, hint: Any):
+    """One widget for one dataclass field, or None when its type has no simple widget."""
+    meta = f.metadata or {}
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if default is None and f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        default = f.default_factory()  # type: ignore[misc]
+    common = {"name": f.name, "label": f.name.replace("_", " "), "tooltip": meta.get("help")}
+    choices = meta.get("choices")
+    if choices is None and typing.get_origin(hint) is Literal:
+        choices = typing.get_args(hint)
+    if choices is not None:
+        return ComboBox(choices=list(choices), value=default, **common)
+    if hint is bool:
+        return CheckBox(value=bool(default), **common)
+    if hint is int:
+        lo, hi = meta.get("min", -(2**31)), meta.get("max", 2**31 - 1)
+        return SpinBox(value=int(default), min=int(lo), max=int(hi), **common)
+    if hint is float:
+        lo, hi = meta.get("min", -1e12), meta.get("max", 1e12)
+        return FloatSpinBox(value=float(default), min=float(lo), max=float(hi),
+                            step=_float_step(float(default)), **common)
+    if hint is str:
+        return LineEdit(value=str(default or ""), **common)
+    return None
+
+
+class ConfigForm(Container):
+    """The simple fields of a config dataclass as a form; :meth:`values` gives them back."""
+
+    def __init__(self, config_cls: type | None = None,
+                 include: Callable[[dataclasses.Field], bool] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.set_config(config_cls, include)
+
+    def set_config(self, config_cls: type | None,
+                   include: Callable[[dataclasses.Field], bool] | None = None) -> None:
+        """Rebuild the form for ``config_cls`` (None: empty)."""
+        self.clear()
+        self.config_cls = config_cls
+        if config_cls is None or not dataclasses.is_dataclass(config_cls):
+            return
+        hints = typing.get_type_hints(config_cls)
+        for f in dataclasses.fields(config_cls):
+            if not f.init or (include is not None and not include(f)):
+                continue
+            widget = field_widget(f, hints.get(f.name))
+            if widget is not None:
+                self.append(widget)
+
+    def values(self) -> dict[str, Any]:
+        """``{field name: value}`` of the fields shown."""
+        return {w.name: w.value for w in self}

@@ -1,0 +1,140 @@
+"""The widgets' one door to the method registry: names, forms, data inputs, generators.
+
+Everything a widget needs to know about a method comes from its ``MethodSpec`` (config
+dataclass, ``infer`` / ``train`` generators, default checkpoint, declared training data), so
+adding a method never touches the GUI. Attributes a spec may not have yet are read with
+``getattr`` and a generic default, and calls pass only the keywords the generator accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DataInput:
+    """One training-data field of the training panel.
+
+    ``kind`` picks the widget: ``"patch_folder"`` / ``"folder"`` (a folder), ``"csv"`` (a
+    labels CSV), ``"annotations"`` (a folder of slide annotation files), ``"file"``.
+    """
+
+    name: str  # keyword passed to the method's train generator
+    kind: str
+    label: str
+    required: bool = True
+    help: str = ""
+
+
+# Patch classifiers (PCam-style ``<dir>/<class>/*.jpg``) need nothing more than this.
+DEFAULT_INPUTS = (
+    DataInput("train_dir", "patch_folder", "training data",
+              help="folder of patches in one sub-folder per class (0 = normal, 1 = tumour)"),
+    DataInput("val_dir", "patch_folder", "validation data", required=False,
+              help="held-apart patches, same layout; validation loss / accuracy / AUC per epoch"),
+)
+
+
+def _registry():
+    from ...methods import registry
+
+    return registry
+
+
+def method_names() -> list[str]:
+    """Names of the registered methods (empty when none are)."""
+    try:
+        reg = _registry()
+    except ImportError:
+        return []
+    return [getattr(m, "name", m) for m in reg.list_methods()]
+
+
+def get_spec(name: str):
+    return _registry().get_method(name)
+
+
+def default_checkpoint(spec) -> str | None:
+    """The spec's bundled checkpoint path if it has one and it exists, else None."""
+    import os
+
+    ckpt = getattr(spec, "default_checkpoint", None)
+    ckpt = ckpt() if callable(ckpt) else ckpt
+    return str(ckpt) if ckpt and os.path.isfile(str(ckpt)) else None
+
+
+def _is_inference_field(f: dataclasses.Field) -> bool:
+    return (f.metadata or {}).get("group") == "inference"
+
+
+def inference_form_source(spec):
+    """(config class, field filter) for the inference parameter form."""
+    cls = getattr(spec, "infer_config_cls", None)
+    if cls is not None:
+        return cls, None
+    cls = getattr(spec, "config_cls", None)
+    if cls is None:
+        return None, None
+    has_groups = any("group" in (f.metadata or {}) for f in dataclasses.fields(cls))
+    return cls, (_is_inference_field if has_groups else None)
+
+
+def training_form_source(spec):
+    """(config class, field filter) for the method's own training options.
+
+    The panel's common fields (epochs, learning rate, batch size) are left out here.
+    """
+    cls = getattr(spec, "config_cls", None)
+    if cls is None:
+        return None, None
+    common = {"epochs", "lr", "learning_rate", "batch_size"}
+
+    def keep(f):
+        return (f.metadata or {}).get("group") == "training" and f.name not in common
+
+    return cls, keep
+
+
+def config_default(spec, name: str, fallback: Any) -> Any:
+    """A config field's default (e.g. the paper's learning rate), or ``fallback``."""
+    cls = getattr(spec, "config_cls", None)
+    if cls is None:
+        return fallback
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                return f.default_factory()  # type: ignore[misc]
+    return fallback
+
+
+def training_inputs(spec) -> tuple[DataInput, ...]:
+    """The data a method trains on: ``spec.train_inputs`` when declared, else patch folders."""
+    declared = getattr(spec, "train_inputs", None)
+    if not declared:
+        return DEFAULT_INPUTS
+    return tuple(d if isinstance(d, DataInput) else DataInput(**d) for d in declared)
+
+
+def _call(fn, *args, **kwargs) -> Generator:
+    """``fn(*args, **kwargs)`` dropping keywords it does not take (unless it takes ``**kw``)."""
+    params = inspect.signature(fn).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    return fn(*args, **kwargs)
+
+
+def infer_generator(spec, slide_path: str, checkpoint: str | None, *, device: str | None,
+                    region, params: dict[str, Any]) -> Generator:
+    """The method's inference generator (yields Progress, returns InferenceResult)."""
+    return _call(spec.infer, slide_path, checkpoint, device=device, region=region, **params)
+
+
+def train_generator(spec, **kwargs) -> Generator:
+    """The method's training generator (yields Progress, returns the checkpoint path)."""
+    return _call(spec.train, **kwargs)
