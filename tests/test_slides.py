@@ -89,7 +89,7 @@ def test_ome_metadata_and_pixels(tmp_path):
         fh = tif.filehandle
 
         def raw_tiles():
-            for offset, count in zip(page.dataoffsets, page.databytecounts):
+            for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
                 fh.seek(offset)
                 yield fh.read(count)
 
@@ -320,3 +320,42 @@ def test_cli_info(capsys, tmp_path):
     assert cli_main(["info", str(tmp_path / "nope.svs")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope.svs: no such file" in err[0]
+
+
+def test_svs_with_jpeg2000_tiles(tmp_path):
+    # Aperio's JPEG 2000 flavour (compression 33005); OpenSlide's build here refuses it,
+    # so the reference is tifffile's whole-page decode.
+    img = pattern(600, 800)
+    path = tmp_path / "j2k.svs"
+    desc = "Aperio Image Library v12.0.0\r\n800x600 [0,0 800x600] (256x256) J2K|AppMag = 40|MPP = 0.2520"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(img, tile=(256, 256), compression=33005, photometric="rgb", description=desc)
+    ref = tifffile.imread(path)
+    assert np.abs(ref.astype(int) - img).mean() < 3  # it really is the image, lossy
+    with open_slide(path) as s:
+        assert s.format == "aperio-svs"
+        assert s.mpp == (0.252, 0.252) and s.magnification == 40.0
+        assert np.array_equal(s.read_region((100, 200), 0, (400, 300)), ref[200:500, 100:500])
+        assert np.array_equal(s.dask_levels()[0].compute(), ref)
+
+
+def test_images_that_must_be_decoded_whole_are_refused_when_huge(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from napari_glimpse.slides import _plain, _tiff
+
+    # Stand-ins for gigapixel files: lower the limit rather than write 300 MP.
+    monkeypatch.setattr(_plain, "MAX_PLAIN_PIXELS", 10_000)
+    monkeypatch.setattr(_tiff, "MAX_PLAIN_PIXELS", 10_000)
+    png = tmp_path / "huge.png"
+    Image.fromarray(pattern(200, 200)).save(png)
+    with pytest.raises(SlideError, match=r"huge\.png.*too large to decode whole"):
+        open_slide(png)
+    one_strip = tmp_path / "one-strip.tif"
+    tifffile.imwrite(one_strip, pattern(200, 200), rowsperstrip=200, photometric="rgb")
+    with pytest.raises(SlideError, match=r"one-strip\.tif.*tiled pyramidal TIFF"):
+        open_slide(one_strip)
+    many_strips = tmp_path / "strips.tif"
+    tifffile.imwrite(many_strips, pattern(200, 200), rowsperstrip=8, photometric="rgb")
+    with open_slide(many_strips) as s:  # strips of 1,600 px are fine
+        assert s.dimensions == (200, 200)
