@@ -281,6 +281,9 @@ def write_pyramid(
                         kw["subfiletype"] = 1  # reduced-resolution image
                     tw.write(data, shape=shape, dtype=np.uint8, tile=(tile_size, tile_size),
                              metadata=None, **kw)
+        _umask = os.umask(0)
+        os.umask(_umask)
+        os.chmod(tmp, 0o666 & ~_umask)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     finally:
         for p in (tmp, spool_path):
