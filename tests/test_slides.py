@@ -359,3 +359,41 @@ def test_images_that_must_be_decoded_whole_are_refused_when_huge(tmp_path, monke
     tifffile.imwrite(many_strips, pattern(200, 200), rowsperstrip=8, photometric="rgb")
     with open_slide(many_strips) as s:  # strips of 1,600 px are fine
         assert s.dimensions == (200, 200)
+
+
+def test_ome_pyramid_in_subifds_with_nm_units(tmp_path):
+    base = pattern(900, 1100)
+    levels = [base, base[::2, ::2], base[::4, ::4]]
+    path = tmp_path / "pyr.ome.tif"
+    meta = {
+        "axes": "YXS",
+        "PhysicalSizeX": 250.0,
+        "PhysicalSizeXUnit": "nm",
+        "PhysicalSizeY": 260.0,
+        "PhysicalSizeYUnit": "nm",
+    }
+    with tifffile.TiffWriter(path, ome=True) as tw:
+        tw.write(base, tile=(256, 256), compression="zlib", photometric="rgb", subifds=2,
+                 metadata=meta)  # fmt: skip
+        for lv in levels[1:]:
+            tw.write(lv, tile=(256, 256), compression="zlib", photometric="rgb", subfiletype=1)
+    with open_slide(path) as s:
+        assert s.format == "ome-tiff"
+        assert s.mpp == pytest.approx((0.25, 0.26))
+        assert [(lv.width, lv.height) for lv in s.levels] == [(1100, 900), (550, 450), (275, 225)]
+        assert s.best_level_for_mpp(1.0) == 2 and s.best_level_for_mpp(0.6) == 1
+        for i, ref in enumerate(levels):  # zlib: lossless, so the source pixels come back
+            assert np.array_equal(s.read_region((0, 0), i, (ref.shape[1], ref.shape[0])), ref)
+            assert np.array_equal(s.dask_levels()[i].compute(), ref)
+
+
+def test_pyramid_as_unflagged_following_pages(tmp_path):
+    base = pattern(700, 900)
+    path = tmp_path / "pages.tif"
+    with tifffile.TiffWriter(path) as tw:
+        for lv in (base, base[::2, ::2], base[::4, ::4]):
+            tw.write(lv, tile=(128, 128), compression="zlib", photometric="rgb")
+        tw.write(pattern(50, 120), photometric="rgb")  # a strip image: not a level
+    with open_slide(path) as s:
+        assert [lv.downsample for lv in s.levels] == [1.0, 2.0, 4.0]
+        assert np.array_equal(s.read_region((8, 4), 2, (100, 50)), base[::4, ::4][1:51, 2:102])
