@@ -269,9 +269,9 @@ def _damaged(tmp_path, kind):
         path.write_bytes(b"")
     elif kind == "text":
         path.write_text("this is not an image\n" * 10)
-    elif kind == "truncated":
+    elif kind.startswith("truncated"):
         data = SVS.read_bytes()
-        path.write_bytes(data[: int(len(data) * 0.6)])
+        path.write_bytes(data[: int(len(data) * int(kind[-2:]) / 100)])
     elif kind == "compression":
         shutil.copy(OME, path)
         path.chmod(0o644)
@@ -287,7 +287,8 @@ def _damaged(tmp_path, kind):
 @pytest.mark.parametrize(
     "kind,problem",
     [("missing", "no such file"), ("directory", "directory"), ("empty", "empty"),
-     ("text", "not an image"), ("truncated", "truncated"), ("compression", "compression")],
+     ("text", "not an image"), ("truncated60", "truncated"), ("truncated90", "truncated"),
+     ("compression", "compression")],
 )  # fmt: skip
 def test_bad_input_raises_slide_error(tmp_path, kind, problem):
     path = _damaged(tmp_path, kind)

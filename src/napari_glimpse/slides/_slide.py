@@ -240,7 +240,9 @@ class Slide:
         # Codec and file errors surface at tile-read time; the caller sees one SlideError.
         try:
             return fn(*args)
-        except SlideError:
+        except SlideError as exc:
+            if exc.path is None:  # raised deep in a backend that does not know the path
+                raise SlideError(exc.problem, self.path) from exc
             raise
         except MemoryError as exc:
             raise SlideError(f"out of memory while reading pixels ({exc})", self.path) from exc

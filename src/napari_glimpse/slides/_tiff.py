@@ -165,6 +165,17 @@ def _resolution_mpp(page) -> tuple[float, float] | None:
     return (vals[0], vals[1])
 
 
+class _Collect(logging.Handler):
+    """Keeps the messages of log records (tifffile's warnings while parsing)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 class TiffBackend:
     """Reads a TIFF-family slide; see the module docstring."""
 
@@ -172,20 +183,30 @@ class TiffBackend:
         import tifffile
 
         self.path = path
-        # tifffile logs recoverable damage (bad page offsets) and carries on; the damage
-        # surfaces below as a SlideError, so its log lines would only be noise on the CLI.
+        # tifffile logs recoverable damage (a page offset past the end of the file) and
+        # carries on with the pages it could read; collect those lines instead of letting
+        # them reach the terminal, and refuse a file whose page chain is broken.
         log = logging.getLogger("tifffile")
-        level = log.level
-        log.setLevel(logging.CRITICAL)
+        records = _Collect()
+        level, propagate = log.level, log.propagate
+        log.addHandler(records)
+        log.setLevel(logging.WARNING)
+        log.propagate = False
+        self._tif = None
         try:
             self._tif = tifffile.TiffFile(path)
-        finally:
-            log.setLevel(level)
-        try:
             self._setup()
+            broken = [m for m in records.messages if "invalid page offset" in m]
+            if broken:
+                raise SlideError(f"truncated or damaged ({broken[0]})", path)
         except BaseException:
-            self._tif.close()
+            if self._tif is not None:
+                self._tif.close()
             raise
+        finally:
+            log.removeHandler(records)
+            log.setLevel(level)
+            log.propagate = propagate
 
     # -- metadata ------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -314,12 +335,19 @@ class TiffBackend:
                     self.path,
                 )
         size = os.path.getsize(self.path)
-        ends = np.asarray(page.dataoffsets, np.int64) + np.asarray(page.databytecounts, np.int64)
-        if ends.size and int(ends.max()) > size:
-            raise SlideError(
-                f"truncated: image data ends at byte {int(ends.max())} but the file has {size}",
-                self.path,
-            )
+        for level in self._level_series:
+            for lpage in level.pages:
+                if lpage is None:
+                    continue
+                ends = np.asarray(lpage.dataoffsets, np.int64) + np.asarray(
+                    lpage.databytecounts, np.int64
+                )
+                if ends.size and int(ends.max()) > size:
+                    raise SlideError(
+                        f"truncated: image data ends at byte {int(ends.max())} "
+                        f"but the file has {size}",
+                        self.path,
+                    )
 
     def _associated_reader(self, series):
         def read() -> np.ndarray:
