@@ -1,0 +1,122 @@
+"""``napari-glimpse train METHOD ...`` and ``napari-glimpse evaluate METHOD ...``.
+
+Methods come from the registry; ``infer`` lives in :mod:`.infer`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def add_parsers(subparsers) -> None:
+    add_train_parser(subparsers)
+    add_evaluate_parser(subparsers)
+
+
+def _method_names() -> list[str]:
+    from ..methods import list_methods
+
+    return list_methods()
+
+
+def add_train_parser(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a model on patch folders (0/ normal, 1/ tumour)")
+    p.add_argument("method", choices=_method_names(), help="registered method")
+    p.add_argument("--data", required=True, help="training patch folder with class sub-folders 0/ and 1/")
+    p.add_argument("--val", help="validation patch folder (same layout); selects the best epoch")
+    p.add_argument("--out", required=True, help="best checkpoint (.safetensors); the latest epoch goes to <stem>.last.safetensors")
+    p.add_argument("--epochs", type=int, help="epochs (default: the method's config)")
+    p.add_argument("--lr", type=float, help="initial learning rate (default: the method's config)")
+    p.add_argument("--batch-size", type=int, help="batch size (default: the method's config)")
+    p.add_argument("--epoch-size", type=int, help="patches drawn per epoch (default: all)")
+    p.add_argument("--val-limit", type=int, help="validate on a stratified subset of this many patches")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override any config field, e.g. --set blocks=1 (JSON values)")
+    p.add_argument("--resume", action="store_true", help="continue from <stem>.last.safetensors")
+    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, ...")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="image decoding threads")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.set_defaults(func=train_cmd)
+
+
+def add_evaluate_parser(subparsers) -> None:
+    p = subparsers.add_parser("evaluate", help="accuracy and AUC of a checkpoint on a patch folder (JSON on stdout)")
+    p.add_argument("method", choices=_method_names(), help="registered method")
+    p.add_argument("--data", required=True, help="patch folder with class sub-folders 0/ and 1/")
+    p.add_argument("--checkpoint", help="checkpoint (default: the shipped one)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--limit", type=int, help="evaluate a stratified subset of this many patches")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.set_defaults(func=evaluate_cmd)
+
+
+def _config_from_args(spec, overrides: list[str]):
+    import dataclasses
+
+    from ..errors import GlimpseError
+
+    names = {f.name for f in dataclasses.fields(spec.config_cls)}
+    values = {}
+    for item in overrides:
+        name, sep, raw = item.partition("=")
+        if not sep or name not in names:
+            raise GlimpseError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(names)}")
+        try:
+            values[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[name] = raw
+    try:
+        return spec.config_cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise GlimpseError(f"invalid {spec.name} config: {exc}") from exc
+
+
+def _drive(gen, quiet: bool = False):
+    """Run a progress generator to its result; epoch summaries on stdout, the rest on stderr."""
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if quiet:
+            continue
+        if ev.stage in ("epoch", "resume"):
+            print(str(ev), flush=True)
+        elif ev.stage in ("train", "validate", "evaluate", "load") and (ev.done == ev.total or ev.done % 20 == 0):
+            print(str(ev), file=sys.stderr, flush=True)
+
+
+def train_cmd(args) -> int:
+    import torch
+
+    from ..methods import get_method
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = get_method(args.method)
+    config = _config_from_args(spec, args.set)
+    path = _drive(spec.train(
+        args.data, args.out, val_dir=args.val, config=config, resume=args.resume, device=args.device,
+        seed=args.seed, workers=args.workers, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        epoch_size=args.epoch_size, val_limit=args.val_limit,
+    ))
+    print(f"best checkpoint: {path}", flush=True)
+    return 0
+
+
+def evaluate_cmd(args) -> int:
+    import torch
+
+    from ..methods import get_method
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = get_method(args.method)
+    metrics = _drive(spec.evaluate(args.data, args.checkpoint, device=args.device, batch_size=args.batch_size,
+                                   workers=args.workers, limit=args.limit), quiet=True)
+    print(json.dumps(metrics))
+    return 0
