@@ -270,6 +270,20 @@ def open_slide(path: str | os.PathLike) -> Slide:
     ------
     SlideError
         The file is missing, not a slide, truncated or uses an unsupported compression.
+
+    Notes
+    -----
+    A file with one stored resolution gets coarser levels (2 x 2 means, rounded level by
+    level) computed on demand. ``read_region`` on such a level decodes the level-0 tiles
+    under the region (``4**k`` level-0 pixels per output pixel at level k), and a whole
+    thumbnail decodes all of level 0, streamed in blocks of about 64 MB. PNG / JPEG are
+    decoded whole on open and refused above 2**28 pixels; a TIFF whose strips must be
+    decoded whole is refused likewise. Strip-stored TIFFs read lazily, but each 512 px
+    dask chunk re-decodes the full-width strips it crosses.
+
+    ``read_region`` at a location that is not a whole pixel of the level reproduces
+    OpenSlide's bilinear resampling to within a few grey levels (usually exactly); at
+    whole-pixel positions (all level-0 reads) it is exact.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
