@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +26,9 @@ from napari_glimpse.errors import AnnotationError
 SQUARE_WITH_HOLE = Annotation(
     [(100, 100), (500, 100), (500, 400), (100, 400)],
     holes=[[(200, 200), (300, 200), (300, 300), (200, 300)]],
-    label="Tumor", color=(200, 0, 0), name="lesion 1",
+    label="Tumor",
+    color=(200, 0, 0),
+    name="lesion 1",
 )
 CAMELYON_XML = """<?xml version="1.0"?>
 <ASAP_Annotations>
@@ -58,7 +61,7 @@ CAMELYON_XML = """<?xml version="1.0"?>
 
 def test_geojson_round_trip_keeps_holes_class_colour_and_name(tmp_path):
     path = write_geojson(tmp_path / "a.geojson", [SQUARE_WITH_HOLE])
-    doc = json.loads(open(path).read())
+    doc = json.loads(Path(path).read_text())
     feat = doc["features"][0]
     assert doc["type"] == "FeatureCollection"
     assert feat["properties"]["classification"] == {"name": "Tumor", "color": [200, 0, 0]}
@@ -72,14 +75,23 @@ def test_geojson_round_trip_keeps_holes_class_colour_and_name(tmp_path):
 
 def test_geojson_reads_qupath_variants(tmp_path):
     features = [
-        {"type": "Feature",
-         "geometry": {"type": "MultiPolygon", "coordinates": [
-             [[[0, 0], [10, 0], [10, 10], [0, 0]]], [[[20, 20], [30, 20], [30, 30], [20, 20]]]]},
-         "properties": {"classification": {"name": "Tumor", "colorRGB": -3670016}}},
-        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 1]},
-         "properties": {}},
-        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [
-            [[0, 0], [5, 0], [5, 5], [0, 0]]]}, "properties": {}},
+        {
+            "type": "Feature",
+            "geometry": {
+                "type": "MultiPolygon",
+                "coordinates": [
+                    [[[0, 0], [10, 0], [10, 10], [0, 0]]],
+                    [[[20, 20], [30, 20], [30, 30], [20, 20]]],
+                ],
+            },
+            "properties": {"classification": {"name": "Tumor", "colorRGB": -3670016}},
+        },
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 1]}, "properties": {}},
+        {
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [5, 0], [5, 5], [0, 0]]]},
+            "properties": {},
+        },
     ]
     p = tmp_path / "list.json"
     p.write_text(json.dumps(features))  # QuPath's "export as list of features"
@@ -106,13 +118,14 @@ def test_asap_camelyon16_groups_and_exclusion(tmp_path):
 
 def test_asap_round_trip_writes_holes_as_exclusions(tmp_path):
     path = write_asap(tmp_path / "out.xml", [SQUARE_WITH_HOLE])
-    text = open(path).read()
+    text = Path(path).read_text()
     assert 'PartOfGroup="_0"' in text and 'PartOfGroup="_2"' in text
     back = read_asap(path)
     assert [a.label for a in back] == ["Tumor", "Exclusion"]
     dims = (600, 500)
-    np.testing.assert_array_equal(polygons_to_mask(back, dims, 4),
-                                  polygons_to_mask([SQUARE_WITH_HOLE], dims, 4))
+    np.testing.assert_array_equal(
+        polygons_to_mask(back, dims, 4), polygons_to_mask([SQUARE_WITH_HOLE], dims, 4)
+    )
 
 
 def test_cell_masks_round_trip_exactly_at_any_level():
@@ -149,9 +162,11 @@ def test_rasterising_a_slanted_polygon_samples_pixel_centres():
     mask = polygons_to_mask([tri], (200, 100))
     assert abs(int(mask.sum()) - 10000) < 200
     assert mask[0, 0] and not mask[99, 199]
-    labels = polygons_to_mask([tri, Annotation([(150, 50), (200, 50), (200, 100), (150, 100)],
-                                               label="Other")],
-                              (200, 100), labels={"Tumor": 1, "Other": 2})
+    labels = polygons_to_mask(
+        [tri, Annotation([(150, 50), (200, 50), (200, 100), (150, 100)], label="Other")],
+        (200, 100),
+        labels={"Tumor": 1, "Other": 2},
+    )
     assert labels.dtype == np.uint8 and set(np.unique(labels)) == {0, 1, 2}
     assert labels[75, 175] == 2
 
@@ -159,7 +174,7 @@ def test_rasterising_a_slanted_polygon_samples_pixel_centres():
 def test_offset_and_out_of_slide_annotations(tmp_path):
     # QuPath on MRXS/NDPI: coordinates relative to openslide.bounds-x/y
     p = write_geojson(tmp_path / "q.geojson", [SQUARE_WITH_HOLE], offset=(1000, 2000))
-    raw = json.loads(open(p).read())["features"][0]["geometry"]["coordinates"][0][0]
+    raw = json.loads(Path(p).read_text())["features"][0]["geometry"]["coordinates"][0][0]
     assert raw == [-900, -1900]
     (a,) = read_geojson(p, offset=(1000, 2000), slide_dims=(5000, 5000))
     np.testing.assert_array_equal(a.polygon[0], [100, 100])
@@ -172,18 +187,29 @@ def test_offset_and_out_of_slide_annotations(tmp_path):
         read_annotations(tmp_path / "far.geojson", slide_dims=(2000, 2000))
 
 
-@pytest.mark.parametrize("name, text, match", [
-    ("bad.geojson", "{not json", "not a readable GeoJSON"),
-    ("bad2.geojson", '{"type": "Topology"}', "not GeoJSON"),
-    ("bad3.geojson", '{"type": "Feature", "geometry": {"type": "Polygon", '
-                     '"coordinates": [[[0, 0], [1, 1]]]}}', "at least 3 points"),
-    ("bad.xml", "<ASAP_Annotations><Annotations>", "not a readable XML"),
-    ("bad2.xml", "<Other/>", "not ASAP XML"),
-    ("bad3.xml", '<ASAP_Annotations><Annotations><Annotation Name="a" Type="Polygon">'
-                 '<Coordinates><Coordinate Order="0" X="1"/></Coordinates></Annotation>'
-                 "</Annotations></ASAP_Annotations>", "numeric X, Y"),
-    ("bad.csv", "x,y", "unknown annotation format"),
-])
+@pytest.mark.parametrize(
+    "name, text, match",
+    [
+        ("bad.geojson", "{not json", "not a readable GeoJSON"),
+        ("bad2.geojson", '{"type": "Topology"}', "not GeoJSON"),
+        (
+            "bad3.geojson",
+            '{"type": "Feature", "geometry": {"type": "Polygon", '
+            '"coordinates": [[[0, 0], [1, 1]]]}}',
+            "at least 3 points",
+        ),
+        ("bad.xml", "<ASAP_Annotations><Annotations>", "not a readable XML"),
+        ("bad2.xml", "<Other/>", "not ASAP XML"),
+        (
+            "bad3.xml",
+            '<ASAP_Annotations><Annotations><Annotation Name="a" Type="Polygon">'
+            '<Coordinates><Coordinate Order="0" X="1"/></Coordinates></Annotation>'
+            "</Annotations></ASAP_Annotations>",
+            "numeric X, Y",
+        ),
+        ("bad.csv", "x,y", "unknown annotation format"),
+    ],
+)
 def test_malformed_files_name_the_file(tmp_path, name, text, match):
     p = tmp_path / name
     p.write_text(text)
@@ -206,8 +232,11 @@ def test_label_masks_infer_their_level(tmp_path):
     # a pyramid: the finest level under max_pixels is read
     from napari_glimpse.slides.writer import write_mask
 
-    tiles = (full[r:r + 512, c:c + 512].astype(np.uint8) * 255
-             for r in range(0, 960, 512) for c in range(0, 1152, 512))
+    tiles = (
+        full[r : r + 512, c : c + 512].astype(np.uint8) * 255
+        for r in range(0, 960, 512)
+        for c in range(0, 1152, 512)
+    )
     tif = write_mask(tmp_path / "m.tif", 1152, 960, tiles, mpp=0.972)
     lm = read_label_mask(tif, slide_dims, max_pixels=300 * 300)
     assert lm.downsample == 4 and lm.mask.shape == (240, 288)

@@ -18,7 +18,7 @@ def _tiles(img, tile=512):
     h, w = img.shape[:2]
     for r in range(math.ceil(h / tile)):
         for c in range(math.ceil(w / tile)):
-            yield img[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile]
+            yield img[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile]
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +32,7 @@ def smooth_rgb():
 
 def test_lossless_pyramid_reads_back_in_tifffile_and_openslide(tmp_path, smooth_rgb):
     h, w = smooth_rgb.shape[:2]
-    out = write_pyramid(tmp_path / "s.tif", w, h, _tiles(smooth_rgb), mpp=0.5,
-                        compression="zlib")
+    out = write_pyramid(tmp_path / "s.tif", w, h, _tiles(smooth_rgb), mpp=0.5, compression="zlib")
     expected = pyramid_shapes(w, h)
     assert expected == [(2051, 1301), (513, 326), (129, 82)]
     with tifffile.TiffFile(out) as tf:
@@ -75,14 +74,12 @@ def test_jpeg_pyramid_matches_source_and_openslide(tmp_path, smooth_rgb):
 def test_open_slide_reads_the_pyramid(tmp_path, smooth_rgb):
     slides = pytest.importorskip("napari_glimpse.slides")
     h, w = smooth_rgb.shape[:2]
-    out = write_pyramid(tmp_path / "o.tif", w, h, _tiles(smooth_rgb), mpp=0.972,
-                        compression="zlib")
+    out = write_pyramid(tmp_path / "o.tif", w, h, _tiles(smooth_rgb), mpp=0.972, compression="zlib")
     with slides.open_slide(out) as s:
         assert s.dimensions == (w, h)
         assert s.mpp == pytest.approx((0.972, 0.972))
         assert [lv.downsample for lv in s.levels][:2] == pytest.approx([1.0, 4.0], rel=0.01)
-        np.testing.assert_array_equal(s.read_region((5, 7), 0, (64, 32)),
-                                      smooth_rgb[7:39, 5:69])
+        np.testing.assert_array_equal(s.read_region((5, 7), 0, (64, 32)), smooth_rgb[7:39, 5:69])
 
 
 def test_mask_is_lossless_with_nearest_levels(tmp_path):

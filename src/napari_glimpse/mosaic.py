@@ -32,8 +32,14 @@ from .annotations._types import atomic_write_text
 from .errors import DatasetError
 from .slides.writer import write_mask, write_pyramid
 
-__all__ = ["MosaicSlide", "bundled_patches_dir", "load_patch_bank", "make_mosaics",
-           "CELL_SIZE", "PCAM_MPP"]
+__all__ = [
+    "MosaicSlide",
+    "bundled_patches_dir",
+    "load_patch_bank",
+    "make_mosaics",
+    "CELL_SIZE",
+    "PCAM_MPP",
+]
 
 CELL_SIZE = 96
 PCAM_MPP = 0.972
@@ -61,8 +67,9 @@ class MosaicSlide:
     tumour_cells: np.ndarray  # (n, 2) row, col
 
 
-def load_patch_bank(patches_dir: str | os.PathLike, max_per_class: int = 1000, seed: int = 0
-                    ) -> dict[int, np.ndarray]:
+def load_patch_bank(
+    patches_dir: str | os.PathLike, max_per_class: int = 1000, seed: int = 0
+) -> dict[int, np.ndarray]:
     """Decode the patches of ``patches_dir/0`` and ``patches_dir/1`` into (n, 96, 96, 3) arrays.
 
     Classes with more than ``max_per_class`` files are subsampled (deterministically for
@@ -73,14 +80,18 @@ def load_patch_bank(patches_dir: str | os.PathLike, max_per_class: int = 1000, s
     for cls in (0, 1):
         folder = root / str(cls)
         if not folder.is_dir():
-            raise DatasetError(f"no class folder '{cls}/' (expected {cls}/ with "
-                               f"{'normal' if cls == 0 else 'tumour'} patches)", root)
+            raise DatasetError(
+                f"no class folder '{cls}/' (expected {cls}/ with "
+                f"{'normal' if cls == 0 else 'tumour'} patches)",
+                root,
+            )
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
         if not files:
             raise DatasetError("no patch images in the class folder", folder)
         if len(files) > max_per_class:
-            pick = np.random.default_rng([seed, cls]).choice(len(files), max_per_class,
-                                                             replace=False)
+            pick = np.random.default_rng([seed, cls]).choice(
+                len(files), max_per_class, replace=False
+            )
             files = [files[i] for i in np.sort(pick)]
         arrays = []
         for f in files:
@@ -90,8 +101,7 @@ def load_patch_bank(patches_dir: str | os.PathLike, max_per_class: int = 1000, s
             except OSError as exc:
                 raise DatasetError(f"cannot decode patch ({exc})", f) from None
             if a.shape[:2] != (CELL_SIZE, CELL_SIZE):
-                a = np.asarray(Image.fromarray(a).resize((CELL_SIZE, CELL_SIZE),
-                                                         Image.BILINEAR))
+                a = np.asarray(Image.fromarray(a).resize((CELL_SIZE, CELL_SIZE), Image.BILINEAR))
             arrays.append(a)
         bank[cls] = np.stack(arrays)
     return bank
@@ -124,8 +134,9 @@ def _tissue(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
     return tissue
 
 
-def _grow(rng: np.random.Generator, allowed: np.ndarray, size: int, taken: np.ndarray
-          ) -> list[tuple[int, int]]:
+def _grow(
+    rng: np.random.Generator, allowed: np.ndarray, size: int, taken: np.ndarray
+) -> list[tuple[int, int]]:
     """A contiguous region of up to ``size`` cells grown by random frontier expansion."""
     free = np.argwhere(allowed & ~taken)
     if len(free) == 0:
@@ -138,9 +149,14 @@ def _grow(rng: np.random.Generator, allowed: np.ndarray, size: int, taken: np.nd
     while len(region) < size and frontier:
         k = int(rng.integers(len(frontier)))
         r, c = frontier[k]
-        nbrs = [(r + dr, c + dc) for dr, dc in ((0, 1), (1, 0), (0, -1), (-1, 0))
-                if 0 <= r + dr < rows and 0 <= c + dc < cols
-                and allowed[r + dr, c + dc] and not taken[r + dr, c + dc]]
+        nbrs = [
+            (r + dr, c + dc)
+            for dr, dc in ((0, 1), (1, 0), (0, -1), (-1, 0))
+            if 0 <= r + dr < rows
+            and 0 <= c + dc < cols
+            and allowed[r + dr, c + dc]
+            and not taken[r + dr, c + dc]
+        ]
         if not nbrs:
             frontier[k] = frontier[-1]
             frontier.pop()
@@ -168,12 +184,12 @@ def _tumour(rng, tissue: np.ndarray, tumour_fraction: float) -> np.ndarray:
 
 
 def _cells_for(y0, y1, x0, x1):
-    return range(y0 // CELL_SIZE, (y1 - 1) // CELL_SIZE + 1), \
-        range(x0 // CELL_SIZE, (x1 - 1) // CELL_SIZE + 1)
+    return range(y0 // CELL_SIZE, (y1 - 1) // CELL_SIZE + 1), range(
+        x0 // CELL_SIZE, (x1 - 1) // CELL_SIZE + 1
+    )
 
 
-def _image_tiles(width, height, tissue, tumour, pick, turn, bank, glass
-                 ) -> Iterator[np.ndarray]:
+def _image_tiles(width, height, tissue, tumour, pick, turn, bank, glass) -> Iterator[np.ndarray]:
     rows_t, cols_t = math.ceil(height / _TILE), math.ceil(width / _TILE)
     n = glass.shape[0] - _TILE
     for tr in range(rows_t):
@@ -182,7 +198,7 @@ def _image_tiles(width, height, tissue, tumour, pick, turn, bank, glass
             y1, x1 = min(y0 + _TILE, height), min(x0 + _TILE, width)
             # per-tile offset into the noise texture hides its period
             oy, ox = (tr * 7919 + tc * 104729) % n, (tr * 15485863 + tc * 611953) % n
-            tile = glass[oy:oy + y1 - y0, ox:ox + x1 - x0].copy()
+            tile = glass[oy : oy + y1 - y0, ox : ox + x1 - x0].copy()
             cr, cc = _cells_for(y0, y1, x0, x1)
             for r in cr:
                 if r >= tissue.shape[0]:
@@ -197,8 +213,9 @@ def _image_tiles(width, height, tissue, tumour, pick, turn, bank, glass
                     py0, px0 = r * CELL_SIZE, c * CELL_SIZE
                     sy0, sx0 = max(py0, y0), max(px0, x0)
                     sy1, sx1 = min(py0 + CELL_SIZE, y1), min(px0 + CELL_SIZE, x1)
-                    tile[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = \
-                        patch[sy0 - py0:sy1 - py0, sx0 - px0:sx1 - px0]
+                    tile[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = patch[
+                        sy0 - py0 : sy1 - py0, sx0 - px0 : sx1 - px0
+                    ]
             yield tile
 
 
@@ -210,13 +227,13 @@ def _mask_tiles(width, height, tumour) -> Iterator[np.ndarray]:
             y0, x0 = tr * _TILE, tc * _TILE
             y1, x1 = min(y0 + _TILE, height), min(x0 + _TILE, width)
             cr, cc = _cells_for(y0, y1, x0, x1)
-            block = tumour[cr.start:cr.stop, cc.start:cc.stop]
+            block = tumour[cr.start : cr.stop, cc.start : cc.stop]
             if not block.any():
-                yield zero[:y1 - y0, :x1 - x0]
+                yield zero[: y1 - y0, : x1 - x0]
                 continue
             full = np.repeat(np.repeat(block, CELL_SIZE, 0), CELL_SIZE, 1)
             oy, ox = y0 - cr.start * CELL_SIZE, x0 - cc.start * CELL_SIZE
-            yield (full[oy:oy + y1 - y0, ox:ox + x1 - x0] * np.uint8(255)).astype(np.uint8)
+            yield (full[oy : oy + y1 - y0, ox : ox + x1 - x0] * np.uint8(255)).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- slides
@@ -282,8 +299,9 @@ def make_mosaics(
         width, height = (int(v) for v in size)
         rows, cols = math.ceil(height / CELL_SIZE), math.ceil(width / CELL_SIZE)
     if rows < 3 or cols < 3 or count < 1:
-        raise ValueError(f"need count >= 1 and at least 3 x 3 cells, got {count} slides of "
-                         f"{rows} x {cols} cells")
+        raise ValueError(
+            f"need count >= 1 and at least 3 x 3 cells, got {count} slides of {rows} x {cols} cells"
+        )
     if not 0 <= positive_fraction <= 1 or not 0 < tumour_fraction <= 1:
         raise ValueError("positive_fraction must be in [0, 1] and tumour_fraction in (0, 1]")
     out = Path(out_dir)
@@ -296,9 +314,23 @@ def make_mosaics(
     made = []
     for i in range(count):
         stem = (name if count == 1 else f"{name}_{i:03d}") if name else f"mosaic_{i:03d}"
-        made.append(_make_one(out, stem, bank, rows, cols, width, height, int(positive[i]),
-                              np.random.default_rng([seed, i]), seed, tumour_fraction, mpp,
-                              quality))
+        made.append(
+            _make_one(
+                out,
+                stem,
+                bank,
+                rows,
+                cols,
+                width,
+                height,
+                int(positive[i]),
+                np.random.default_rng([seed, i]),
+                seed,
+                tumour_fraction,
+                mpp,
+                quality,
+            )
+        )
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["slide", "label"])
@@ -308,8 +340,9 @@ def make_mosaics(
     return made
 
 
-def _make_one(out, stem, bank, rows, cols, width, height, label, rng, seed, tumour_fraction,
-              mpp, quality) -> MosaicSlide:
+def _make_one(
+    out, stem, bank, rows, cols, width, height, label, rng, seed, tumour_fraction, mpp, quality
+) -> MosaicSlide:
     tissue = _tissue(rng, rows, cols)
     tumour = _tumour(rng, tissue, tumour_fraction) if label else np.zeros_like(tissue)
     # cells cut by the slide edge are never tumour, so the mask and polygons stay exact
@@ -328,20 +361,33 @@ def _make_one(out, stem, bank, rows, cols, width, height, label, rng, seed, tumo
 
     path = out / f"{stem}.tif"
     mask_path = out / f"{stem}.mask.tif"
-    write_pyramid(path, width, height,
-                  _image_tiles(width, height, tissue, tumour, pick, turn, bank, glass),
-                  mpp, quality=quality, description=f"napari-glimpse PCam mosaic {stem}")
+    write_pyramid(
+        path,
+        width,
+        height,
+        _image_tiles(width, height, tissue, tumour, pick, turn, bank, glass),
+        mpp,
+        quality=quality,
+        description=f"napari-glimpse PCam mosaic {stem}",
+    )
     write_mask(mask_path, width, height, _mask_tiles(width, height, tumour), mpp)
     polygons = mask_to_polygons(tumour, CELL_SIZE)
     geojson_path = out / f"{stem}.geojson"
     write_geojson(geojson_path, polygons)
     cells = np.argwhere(tumour)
     facts = {
-        "slide": stem, "label": label, "seed": seed, "dimensions": [width, height],
-        "grid": [rows, cols], "cell_size": CELL_SIZE, "mpp": mpp,
-        "tissue_cells": int(tissue.sum()), "tumour_cells": cells.tolist(),
+        "slide": stem,
+        "label": label,
+        "seed": seed,
+        "dimensions": [width, height],
+        "grid": [rows, cols],
+        "cell_size": CELL_SIZE,
+        "mpp": mpp,
+        "tissue_cells": int(tissue.sum()),
+        "tumour_cells": cells.tolist(),
     }
     cells_path = out / f"{stem}.cells.json"
     atomic_write_text(cells_path, json.dumps(facts, separators=(",", ":")) + "\n")
-    return MosaicSlide(stem, path, mask_path, geojson_path, cells_path, label,
-                       (width, height), (rows, cols), cells)
+    return MosaicSlide(
+        stem, path, mask_path, geojson_path, cells_path, label, (width, height), (rows, cols), cells
+    )

@@ -13,14 +13,25 @@ from ..errors import AnnotationError
 from ._types import EXCLUSION_LABELS, Annotation, check_in_slide
 from .asap import read_asap, write_asap
 from .geojson import annotations_to_geojson, read_geojson, write_geojson
-from .masks import (LabelMask, mask_downsample, mask_to_polygons, polygons_to_mask,
-                    read_label_mask)
+from .masks import LabelMask, mask_downsample, mask_to_polygons, polygons_to_mask, read_label_mask
 
 __all__ = [
-    "Annotation", "AnnotationError", "EXCLUSION_LABELS", "LabelMask", "annotations_to_geojson",
-    "check_in_slide", "mask_downsample", "mask_to_polygons", "polygons_to_mask",
-    "read_annotations", "read_asap", "read_geojson", "read_label_mask", "write_annotations",
-    "write_asap", "write_geojson",
+    "Annotation",
+    "AnnotationError",
+    "EXCLUSION_LABELS",
+    "LabelMask",
+    "annotations_to_geojson",
+    "check_in_slide",
+    "mask_downsample",
+    "mask_to_polygons",
+    "polygons_to_mask",
+    "read_annotations",
+    "read_asap",
+    "read_geojson",
+    "read_label_mask",
+    "write_annotations",
+    "write_asap",
+    "write_geojson",
 ]
 
 _MASK_SUFFIXES = (".tif", ".tiff", ".png")
@@ -49,12 +60,18 @@ def read_annotations(
         if offset is not None and tuple(offset) != (0, 0):
             anns = [a.translated(*offset) for a in anns]
         return anns
-    raise AnnotationError("unknown annotation format: expected .geojson, .json, .xml "
-                          "(ASAP), or a .tif/.png label mask", path)
+    raise AnnotationError(
+        "unknown annotation format: expected .geojson, .json, .xml "
+        "(ASAP), or a .tif/.png label mask",
+        path,
+    )
 
 
-def write_annotations(path: str | os.PathLike, annotations: list[Annotation],
-                      offset: tuple[float, float] | None = None) -> str:
+def write_annotations(
+    path: str | os.PathLike,
+    annotations: list[Annotation],
+    offset: tuple[float, float] | None = None,
+) -> str:
     """Write annotations as GeoJSON (``.geojson``/``.json``) or ASAP XML (``.xml``)."""
     low = os.fspath(path).lower()
     if low.endswith((".geojson", ".json")):

@@ -69,8 +69,9 @@ class Annotation:
     def translated(self, dx: float, dy: float) -> Annotation:
         """A copy moved by (dx, dy) level-0 pixels."""
         d = np.array([dx, dy], float)
-        return Annotation(self.polygon + d, [h + d for h in self.holes], self.label,
-                          self.color, self.name)
+        return Annotation(
+            self.polygon + d, [h + d for h in self.holes], self.label, self.color, self.name
+        )
 
 
 def _as_ring(points) -> np.ndarray:
@@ -115,8 +116,9 @@ def finish(annotations: list[Annotation], path, offset, slide_dims) -> list[Anno
 def check_in_slide(annotations: list[Annotation], slide_dims, path=None) -> None:
     """Raise AnnotationError if any annotation lies entirely outside a (w, h) slide."""
     w, h = slide_dims
-    outside = [a for a in annotations
-               if (b := a.bounds)[2] <= 0 or b[3] <= 0 or b[0] >= w or b[1] >= h]
+    outside = [
+        a for a in annotations if (b := a.bounds)[2] <= 0 or b[3] <= 0 or b[0] >= w or b[1] >= h
+    ]
     if outside:
         x0 = min(a.bounds[0] for a in outside)
         y0 = min(a.bounds[1] for a in outside)

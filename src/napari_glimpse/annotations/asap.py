@@ -20,13 +20,19 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from ..errors import AnnotationError
-from ._types import (EXCLUSION_COLOR, TUMOR_COLOR, Annotation, atomic_write_text, finish,
-                     make_ring)
+from ._types import EXCLUSION_COLOR, TUMOR_COLOR, Annotation, atomic_write_text, finish, make_ring
 
 __all__ = ["read_asap", "write_asap"]
 
-_GROUP_TO_LABEL = {"_0": "Tumor", "_1": "Tumor", "tumor": "Tumor", "tumour": "Tumor",
-                   "metastases": "Tumor", "_2": "Exclusion", "exclusion": "Exclusion"}
+_GROUP_TO_LABEL = {
+    "_0": "Tumor",
+    "_1": "Tumor",
+    "tumor": "Tumor",
+    "tumour": "Tumor",
+    "metastases": "Tumor",
+    "_2": "Exclusion",
+    "exclusion": "Exclusion",
+}
 _LABEL_TO_GROUP = {"tumor": "_0", "exclusion": "_2"}
 _AREA_TYPES = {"polygon", "spline", "rectangle"}
 
@@ -62,8 +68,9 @@ def read_asap(
     except (OSError, ET.ParseError) as exc:
         raise AnnotationError(f"not a readable XML file ({exc})", path) from None
     if root.tag != "ASAP_Annotations":
-        raise AnnotationError(f"not ASAP XML: root element is <{root.tag}>, expected "
-                              "<ASAP_Annotations>", path)
+        raise AnnotationError(
+            f"not ASAP XML: root element is <{root.tag}>, expected <ASAP_Annotations>", path
+        )
     group_colors = {g.get("Name"): g.get("Color") for g in root.iter("Group")}
     out: list[Annotation] = []
     for i, ann in enumerate(root.iter("Annotation")):
@@ -72,14 +79,19 @@ def read_asap(
         coords = []
         for c in ann.iter("Coordinate"):
             try:
-                coords.append((float(c.get("Order", len(coords))), float(c.get("X")),
-                               float(c.get("Y"))))
+                coords.append(
+                    (float(c.get("Order", len(coords))), float(c.get("X")), float(c.get("Y")))
+                )
             except (TypeError, ValueError):
-                raise AnnotationError(f"annotation {i} ({ann.get('Name')!r}): a Coordinate "
-                                      "lacks a numeric X, Y or Order", path) from None
+                raise AnnotationError(
+                    f"annotation {i} ({ann.get('Name')!r}): a Coordinate "
+                    "lacks a numeric X, Y or Order",
+                    path,
+                ) from None
         coords.sort(key=lambda t: t[0])
-        ring = make_ring([(x, y) for _, x, y in coords], path,
-                         f"annotation {i} ({ann.get('Name')!r})")
+        ring = make_ring(
+            [(x, y) for _, x, y in coords], path, f"annotation {i} ({ann.get('Name')!r})"
+        )
         group = ann.get("PartOfGroup") or "None"
         label = _GROUP_TO_LABEL.get(group.lower(), group)
         color = _hex(ann.get("Color") or group_colors.get(group))
@@ -91,7 +103,7 @@ def _hex(value: str | None) -> tuple[int, int, int] | None:
     if not value or not value.startswith("#") or len(value) != 7:
         return None
     try:
-        return tuple(int(value[k:k + 2], 16) for k in (1, 3, 5))
+        return tuple(int(value[k : k + 2], 16) for k in (1, 3, 5))
     except ValueError:
         return None
 
@@ -100,8 +112,11 @@ def _fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:.4f}"
 
 
-def write_asap(path: str | os.PathLike, annotations: list[Annotation],
-               offset: tuple[float, float] | None = None) -> str:
+def write_asap(
+    path: str | os.PathLike,
+    annotations: list[Annotation],
+    offset: tuple[float, float] | None = None,
+) -> str:
     """Write ``annotations`` as Camelyon16-style ASAP XML, atomically.
 
     "Tumor" is written as group "_0" and "Exclusion" as "_2"; holes become "_2" polygons.
@@ -115,8 +130,14 @@ def write_asap(path: str | os.PathLike, annotations: list[Annotation],
 
     def add(ring: np.ndarray, group: str, color, name: str | None):
         nonlocal n
-        el = ET.SubElement(anns, "Annotation", Name=name or f"Annotation {n}", Type="Polygon",
-                           PartOfGroup=group, Color=_color_hex(color))
+        el = ET.SubElement(
+            anns,
+            "Annotation",
+            Name=name or f"Annotation {n}",
+            Type="Polygon",
+            PartOfGroup=group,
+            Color=_color_hex(color),
+        )
         cs = ET.SubElement(el, "Coordinates")
         for k, (x, y) in enumerate(ring):
             ET.SubElement(cs, "Coordinate", Order=str(k), X=_fmt(x - ox), Y=_fmt(y - oy))

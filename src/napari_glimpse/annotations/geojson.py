@@ -58,8 +58,9 @@ def read_geojson(
     elif isinstance(doc, dict) and doc.get("type") in _AREA_TYPES:
         features = [{"type": "Feature", "geometry": doc, "properties": {}}]
     else:
-        raise AnnotationError("not GeoJSON: expected a FeatureCollection, a Feature or a "
-                              "list of Features", path)
+        raise AnnotationError(
+            "not GeoJSON: expected a FeatureCollection, a Feature or a list of Features", path
+        )
     if not isinstance(features, list):
         raise AnnotationError("'features' is not a list", path)
 
@@ -98,8 +99,9 @@ def _classification(props: dict, path, i) -> tuple[str, tuple | None]:
             v = cls["colorRGB"] & 0xFFFFFF
             color = (v >> 16 & 255, v >> 8 & 255, v & 255)
     else:
-        raise AnnotationError(f"feature {i}: classification must be a name or an object "
-                              "with a 'name'", path)
+        raise AnnotationError(
+            f"feature {i}: classification must be a name or an object with a 'name'", path
+        )
     return label, color
 
 
@@ -149,14 +151,21 @@ def annotations_to_geojson(annotations: list[Annotation], offset=(0, 0)) -> dict
         if a.name:
             props["name"] = a.name
         rings = [_ring_json(a.polygon, offset)] + [_ring_json(h, offset) for h in a.holes]
-        features.append({"type": "Feature",
-                         "geometry": {"type": "Polygon", "coordinates": rings},
-                         "properties": props})
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": rings},
+                "properties": props,
+            }
+        )
     return {"type": "FeatureCollection", "features": features}
 
 
-def write_geojson(path: str | os.PathLike, annotations: list[Annotation],
-                  offset: tuple[float, float] | None = None) -> str:
+def write_geojson(
+    path: str | os.PathLike,
+    annotations: list[Annotation],
+    offset: tuple[float, float] | None = None,
+) -> str:
     """Write ``annotations`` as a QuPath-importable GeoJSON FeatureCollection, atomically.
 
     ``offset`` (the slide's bounds-x/y) is subtracted, the inverse of :func:`read_geojson`.

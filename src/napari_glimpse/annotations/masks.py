@@ -18,8 +18,13 @@ from scipy import ndimage
 from ..errors import AnnotationError
 from ._types import TUMOR_COLOR, Annotation, _signed_area
 
-__all__ = ["polygons_to_mask", "mask_to_polygons", "read_label_mask", "LabelMask",
-           "mask_downsample"]
+__all__ = [
+    "polygons_to_mask",
+    "mask_to_polygons",
+    "read_label_mask",
+    "LabelMask",
+    "mask_downsample",
+]
 
 
 def mask_shape(slide_dims: tuple[int, int], downsample: float) -> tuple[int, int]:
@@ -94,8 +99,10 @@ def polygons_to_mask(
     """
     shape = mask_shape(slide_dims, downsample)
     if shape[0] * shape[1] > max_pixels:
-        raise ValueError(f"a {shape[1]} x {shape[0]} mask exceeds max_pixels={max_pixels}; "
-                         "rasterise at a larger downsample")
+        raise ValueError(
+            f"a {shape[1]} x {shape[0]} mask exceeds max_pixels={max_pixels}; "
+            "rasterise at a larger downsample"
+        )
     out = np.zeros(shape, np.uint8 if labels is not None else bool)
     exclusions = np.zeros(shape, bool)
     for a in annotations:
@@ -133,12 +140,14 @@ def _trace(mask: np.ndarray) -> list[np.ndarray]:
     fg = p[1:-1, 1:-1]
     # direction codes: 0 = +x, 1 = +y, 2 = -x, 3 = -y; start vertex (x, y) per edge
     starts = []
-    for d, (nb, dx, dy) in enumerate([
-        (p[:-2, 1:-1], 0, 0),   # top edge, walked +x from the top-left corner
-        (p[1:-1, 2:], 1, 0),    # right edge, walked +y from the top-right corner
-        (p[2:, 1:-1], 1, 1),    # bottom edge, walked -x from the bottom-right corner
-        (p[1:-1, :-2], 0, 1),   # left edge, walked -y from the bottom-left corner
-    ]):
+    for d, (nb, dx, dy) in enumerate(
+        [
+            (p[:-2, 1:-1], 0, 0),  # top edge, walked +x from the top-left corner
+            (p[1:-1, 2:], 1, 0),  # right edge, walked +y from the top-right corner
+            (p[2:, 1:-1], 1, 1),  # bottom edge, walked -x from the bottom-right corner
+            (p[1:-1, :-2], 0, 1),  # left edge, walked -y from the bottom-left corner
+        ]
+    ):
         ys, xs = np.nonzero(fg & ~nb)
         starts.append((xs + dx, ys + dy, np.full(len(xs), d)))
     if not any(len(s[0]) for s in starts):
@@ -148,7 +157,7 @@ def _trace(mask: np.ndarray) -> list[np.ndarray]:
     sd = np.concatenate([s[2] for s in starts]).tolist()
     step = ((1, 0), (0, 1), (-1, 0), (0, -1))
     out_edges: dict[tuple[int, int], list[int]] = {}
-    for k, v in enumerate(zip(sx, sy)):
+    for k, v in enumerate(zip(sx, sy, strict=True)):
         out_edges.setdefault(v, []).append(k)
     used = [False] * len(sx)
     rings = []
@@ -230,8 +239,7 @@ def mask_to_polygons(
                 px, py = r[0] + 0.5 * np.array([sx, sy]) - 0.5 * np.array([sy, -sx])
                 polys[owner[comp[int(py), int(px)]]][1].append(r)
         for outer, holes in polys:
-            out.append(Annotation(outer * downsample, [h * downsample for h in holes], name,
-                                  color))
+            out.append(Annotation(outer * downsample, [h * downsample for h in holes], name, color))
     return out
 
 
@@ -244,8 +252,7 @@ class LabelMask:
     path: str
 
 
-def mask_downsample(mask_dims: tuple[int, int], slide_dims: tuple[int, int], path=None
-                    ) -> float:
+def mask_downsample(mask_dims: tuple[int, int], slide_dims: tuple[int, int], path=None) -> float:
     """Infer level-0 pixels per mask pixel from the (w, h) of a mask and its slide.
 
     A whole-number ratio is preferred when the mask size is the slide size divided by it
@@ -262,7 +269,9 @@ def mask_downsample(mask_dims: tuple[int, int], slide_dims: tuple[int, int], pat
     if abs(dx - dy) / max(dx, dy) > 0.02:
         raise AnnotationError(
             f"the {mw} x {mh} mask does not have the shape of the {sw} x {sh} slide "
-            f"(ratios {dx:.3f} across, {dy:.3f} down): is it the mask of another slide?", path)
+            f"(ratios {dx:.3f} across, {dy:.3f} down): is it the mask of another slide?",
+            path,
+        )
     return dx
 
 
@@ -296,8 +305,11 @@ def read_label_mask(
         arr = arr[:, :, 0]
     if arr.ndim != 2:
         raise AnnotationError(f"a mask must be a 2-D image, got shape {arr.shape}", path)
-    ds = 1.0 if slide_dims is None else mask_downsample((arr.shape[1], arr.shape[0]),
-                                                        slide_dims, path)
+    ds = (
+        1.0
+        if slide_dims is None
+        else mask_downsample((arr.shape[1], arr.shape[0]), slide_dims, path)
+    )
     return LabelMask(arr, ds, path)
 
 
@@ -318,7 +330,9 @@ def _read_mask_level(path: str, max_pixels: int) -> np.ndarray:
                 if not fits:
                     raise AnnotationError(
                         f"every level of the mask has more than {max_pixels} pixels; "
-                        "store a pyramid or a downsampled mask", path)
+                        "store a pyramid or a downsampled mask",
+                        path,
+                    )
                 return np.asarray(fits[0].asarray())
         except AnnotationError:
             raise
@@ -329,8 +343,9 @@ def _read_mask_level(path: str, max_pixels: int) -> np.ndarray:
     try:
         with Image.open(path) as im:
             if im.width * im.height > max_pixels:
-                raise AnnotationError(f"the {im.width} x {im.height} mask has more than "
-                                      f"{max_pixels} pixels", path)
+                raise AnnotationError(
+                    f"the {im.width} x {im.height} mask has more than {max_pixels} pixels", path
+                )
             if im.mode not in ("L", "1", "P", "I", "I;16", "RGB", "RGBA"):
                 im = im.convert("L")
             return np.asarray(im)

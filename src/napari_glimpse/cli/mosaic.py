@@ -13,20 +13,37 @@ def add_parsers(subparsers) -> None:
         "glass, tumour regions on positive slides) with <name>.mask.tif, <name>.geojson, "
         "<name>.cells.json and labels.csv.",
     )
-    p.add_argument("--patches", default=None,
-                   help="folder with 0/ (normal) and 1/ (tumour) patches (default: the "
-                   "bundled bank of 150 + 150 PCam patches)")
+    p.add_argument(
+        "--patches",
+        default=None,
+        help="folder with 0/ (normal) and 1/ (tumour) patches (default: the "
+        "bundled bank of 150 + 150 PCam patches)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--count", type=int, default=1, help="number of slides (default 1)")
-    p.add_argument("--grid", type=int, nargs=2, metavar=("ROWS", "COLS"),
-                   help="cells per slide (96 px each)")
-    p.add_argument("--size", type=int, nargs=2, metavar=("W", "H"),
-                   help="slide size in pixels instead of --grid")
+    p.add_argument(
+        "--grid", type=int, nargs=2, metavar=("ROWS", "COLS"), help="cells per slide (96 px each)"
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("W", "H"),
+        help="slide size in pixels instead of --grid",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--positive-fraction", type=float, default=0.5,
-                   help="fraction of slides with tumour (default 0.5)")
-    p.add_argument("--tumour-fraction", type=float, default=0.15,
-                   help="largest share of a slide's tissue a tumour region may take")
+    p.add_argument(
+        "--positive-fraction",
+        type=float,
+        default=0.5,
+        help="fraction of slides with tumour (default 0.5)",
+    )
+    p.add_argument(
+        "--tumour-fraction",
+        type=float,
+        default=0.15,
+        help="largest share of a slide's tissue a tumour region may take",
+    )
     p.add_argument("--mpp", type=float, default=None, help="um/px (default 0.972, PCam 10x)")
     p.add_argument("--name", default=None, help="file stem (default mosaic_000, ...)")
     p.set_defaults(func=_make_mosaic)
@@ -38,11 +55,16 @@ def _make_mosaic(args: argparse.Namespace) -> int:
     if (args.grid is None) == (args.size is None):
         raise SystemExit("napari-glimpse make-mosaic: give exactly one of --grid or --size")
     made = make_mosaics(
-        args.patches or bundled_patches_dir(), args.out, count=args.count,
+        args.patches or bundled_patches_dir(),
+        args.out,
+        count=args.count,
         grid=tuple(args.grid) if args.grid else None,
-        size=tuple(args.size) if args.size else None, seed=args.seed,
-        positive_fraction=args.positive_fraction, tumour_fraction=args.tumour_fraction,
-        mpp=args.mpp or PCAM_MPP, name=args.name,
+        size=tuple(args.size) if args.size else None,
+        seed=args.seed,
+        positive_fraction=args.positive_fraction,
+        tumour_fraction=args.tumour_fraction,
+        mpp=args.mpp or PCAM_MPP,
+        name=args.name,
     )
     for m in made:
         w, h = m.dimensions

@@ -29,14 +29,21 @@ from PIL import Image
 
 __all__ = ["write_pyramid", "write_mask", "pyramid_shapes"]
 
-_COMPRESSIONS = {None: None, "none": None, "jpeg": "jpeg", "zlib": "zlib", "deflate": "zlib",
-                 "lzw": "lzw"}
+_COMPRESSIONS = {
+    None: None,
+    "none": None,
+    "jpeg": "jpeg",
+    "zlib": "zlib",
+    "deflate": "zlib",
+    "lzw": "lzw",
+}
 # Classic TIFF offsets are 32 bit; go BigTIFF well before the uncompressed size could need it.
 _BIGTIFF_BYTES = 2**31
 
 
-def pyramid_shapes(width: int, height: int, tile_size: int = 512, downsample: int = 4
-                   ) -> list[tuple[int, int]]:
+def pyramid_shapes(
+    width: int, height: int, tile_size: int = 512, downsample: int = 4
+) -> list[tuple[int, int]]:
     """Return the (width, height) of every pyramid level the writer produces, finest first.
 
     Levels are added, each ``downsample`` times smaller (rounded up), until a level fits
@@ -72,8 +79,13 @@ class _Codec:
         # tifffile_kwargs): the coarser levels are handed to it pre-encoded.
         if self.compression == "jpeg":
             if self.channels == 3:
-                return imagecodecs.jpeg8_encode(tile, level=self.quality, colorspace="RGB",
-                                                outcolorspace="YCBCR", subsampling=(2, 2))
+                return imagecodecs.jpeg8_encode(
+                    tile,
+                    level=self.quality,
+                    colorspace="RGB",
+                    outcolorspace="YCBCR",
+                    subsampling=(2, 2),
+                )
             return imagecodecs.jpeg8_encode(tile, level=self.quality)
         if self.compression == "zlib":
             return imagecodecs.deflate_encode(tile, level=6)
@@ -120,9 +132,10 @@ class _LevelBuilder:
         by = y // self.factor - self.band_row * self.tile
         h = min(small.shape[0], self.band.shape[0] - by)
         w = min(small.shape[1], self.width - bx)
-        self.band[by:by + h, bx:bx + w] = small[:h, :w]
-        if last_in_row and (y + tile.shape[0] >= self.finer_height
-                            or (by + h) >= self.band.shape[0]):
+        self.band[by : by + h, bx : bx + w] = small[:h, :w]
+        if last_in_row and (
+            y + tile.shape[0] >= self.finer_height or (by + h) >= self.band.shape[0]
+        ):
             self._flush()
 
     def _flush(self) -> None:
@@ -131,11 +144,11 @@ class _LevelBuilder:
         n_cols = math.ceil(self.width / t)
         y0 = self.band_row * t
         for c in range(n_cols):
-            piece = band[:, c * t:(c + 1) * t]
+            piece = band[:, c * t : (c + 1) * t]
             # Pre-encoded tiles must be full tiles; pad like tifffile would (edge pixels are
             # outside the image, the value does not matter to readers).
             full = np.full((t, t, band.shape[2]), self.fill, np.uint8)
-            full[:piece.shape[0], :piece.shape[1]] = piece
+            full[: piece.shape[0], : piece.shape[1]] = piece
             data = self.codec.encode(full if full.shape[2] > 1 else full[:, :, 0])
             self.segments.append((self.spool.tell(), len(data)))
             self.spool.write(data)
@@ -151,8 +164,10 @@ def _check_tile(tile, expected_hw, channels, index) -> np.ndarray:
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != channels:
-        raise ValueError(f"tile {index}: expected uint8 tiles with {channels} channel(s), "
-                         f"got {arr.dtype} {arr.shape}")
+        raise ValueError(
+            f"tile {index}: expected uint8 tiles with {channels} channel(s), "
+            f"got {arr.dtype} {arr.shape}"
+        )
     eh, ew = expected_hw
     if arr.shape[0] < eh or arr.shape[1] < ew:
         raise ValueError(f"tile {index}: expected at least {eh} x {ew} px, got {arr.shape[:2]}")
@@ -238,13 +253,18 @@ def write_pyramid(
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     os.close(fd)
-    spool_fd, spool_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.",
-                                            suffix=".spool", dir=folder)
+    spool_fd, spool_path = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=".spool", dir=folder
+    )
     try:
         with os.fdopen(spool_fd, "w+b") as spool:
-            builders = [_LevelBuilder(shapes[i], shapes[i - 1], downsample, tile_size, codec,
-                                      spool, resample, fill) for i in range(1, len(shapes))]
-            for a, b in zip(builders, builders[1:]):
+            builders = [
+                _LevelBuilder(
+                    shapes[i], shapes[i - 1], downsample, tile_size, codec, spool, resample, fill
+                )
+                for i in range(1, len(shapes))
+            ]
+            for a, b in zip(builders, builders[1:], strict=False):
                 a.next = b
             first = builders[0] if builders else None
             n_rows, n_cols = math.ceil(height / tile_size), math.ceil(width / tile_size)
@@ -256,8 +276,9 @@ def write_pyramid(
                         try:
                             raw = next(it)
                         except StopIteration:
-                            raise ValueError(f"tiles ended after {r * n_cols + c} of "
-                                             f"{n_rows * n_cols} tiles") from None
+                            raise ValueError(
+                                f"tiles ended after {r * n_cols + c} of {n_rows * n_cols} tiles"
+                            ) from None
                         eh = min(tile_size, height - r * tile_size)
                         ew = min(tile_size, width - c * tile_size)
                         tile = _check_tile(raw, (eh, ew), channels, r * n_cols + c)
@@ -271,16 +292,24 @@ def write_pyramid(
                     kw = codec.tifffile_kwargs()
                     if mpp is not None:
                         sx, sy = width / w, height / h
-                        kw.update(resolution=(1e4 / (mpp_x * sx), 1e4 / (mpp_y * sy)),
-                                  resolutionunit="CENTIMETER")
+                        kw.update(
+                            resolution=(1e4 / (mpp_x * sx), 1e4 / (mpp_y * sy)),
+                            resolutionunit="CENTIMETER",
+                        )
                     if level == 0:
                         data = level0()
                         kw["description"] = description
                     else:
                         data = _read_segments(spool, builders[level - 1].segments)
                         kw["subfiletype"] = 1  # reduced-resolution image
-                    tw.write(data, shape=shape, dtype=np.uint8, tile=(tile_size, tile_size),
-                             metadata=None, **kw)
+                    tw.write(
+                        data,
+                        shape=shape,
+                        dtype=np.uint8,
+                        tile=(tile_size, tile_size),
+                        metadata=None,
+                        **kw,
+                    )
         _umask = os.umask(0)
         os.umask(_umask)
         os.chmod(tmp, 0o666 & ~_umask)  # mkstemp makes 0600 files
@@ -316,6 +345,16 @@ def write_mask(
     """
     if compression not in ("zlib", "lzw", None):
         raise ValueError(f"a mask must be stored losslessly, not with {compression!r}")
-    return write_pyramid(path, width, height, tiles, mpp, tile_size=tile_size,
-                         compression=compression, downsample=downsample, channels=1,
-                         resample="nearest", description="napari-glimpse label mask")
+    return write_pyramid(
+        path,
+        width,
+        height,
+        tiles,
+        mpp,
+        tile_size=tile_size,
+        compression=compression,
+        downsample=downsample,
+        channels=1,
+        resample="nearest",
+        description="napari-glimpse label mask",
+    )
