@@ -145,3 +145,9 @@ def test_bad_patch_folder_is_named(tmp_path):
     with pytest.raises(DatasetError, match="no patch images") as info:
         make_mosaics(tmp_path, tmp_path / "out", 1, grid=(4, 4))
     assert str(tmp_path / "0") in str(info.value)
+
+
+def test_cli_needs_a_grid_or_a_size(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["make-mosaic", "--out", str(tmp_path)])
+    assert "--grid --size is required" in capsys.readouterr().err

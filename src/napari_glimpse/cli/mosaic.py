@@ -21,10 +21,11 @@ def add_parsers(subparsers) -> None:
     )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--count", type=int, default=1, help="number of slides (default 1)")
-    p.add_argument(
+    shape = p.add_mutually_exclusive_group(required=True)
+    shape.add_argument(
         "--grid", type=int, nargs=2, metavar=("ROWS", "COLS"), help="cells per slide (96 px each)"
     )
-    p.add_argument(
+    shape.add_argument(
         "--size",
         type=int,
         nargs=2,
@@ -52,8 +53,6 @@ def add_parsers(subparsers) -> None:
 def _make_mosaic(args: argparse.Namespace) -> int:
     from ..mosaic import PCAM_MPP, bundled_patches_dir, make_mosaics
 
-    if (args.grid is None) == (args.size is None):
-        raise SystemExit("napari-glimpse make-mosaic: give exactly one of --grid or --size")
     made = make_mosaics(
         args.patches or bundled_patches_dir(),
         args.out,
