@@ -143,13 +143,14 @@ def test_pyramid_levels_equal_openslide(pyramid):
                     continue
                 got = s.read_region(loc, level, (120, 90))
                 assert opaque_diff(got, osr.read_region(loc, level, (120, 90))) == 0
-            # Fractional positions: OpenSlide interpolates bilinearly (pixman, with its own
-            # rounding and tile seams); we match to a few grey levels, mostly exactly.
-            for loc in [(101, 37), (513, 515), (3, 1), (-5, 9), (-50, -20)]:
+            # Fractional positions: OpenSlide resamples bilinearly (pixman's float path);
+            # we reproduce its arithmetic, so bytes are equal except on the one row or
+            # column where OpenSlide blends two separately painted tiles.
+            for loc in [(101, 37), (513, 515), (3, 1), (-5, 9), (-50, -20), (1001, 501)]:
                 got = s.read_region(loc, level, (150, 100))
                 ref = np.asarray(osr.read_region(loc, level, (150, 100)))
-                diff = np.abs(got.astype(int) - ref[..., :3])[ref[..., 3] == 255]
-                assert diff.max() <= 4 and diff.mean() < 0.5
+                diff = np.abs(got.astype(int) - ref[..., :3]).max(-1)[ref[..., 3] == 255]
+                assert diff.max() <= 2 and (diff > 0).mean() < 0.02
 
 
 def test_subifd_pyramid_levels(tmp_path):

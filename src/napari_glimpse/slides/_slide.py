@@ -183,20 +183,14 @@ class Slide:
         lv = self.levels[level]
         # OpenSlide divides the level-0 location by the downsample and, where that is not
         # a whole pixel, paints the level at the fractional offset with bilinear filtering
-        # (cairo/pixman, 7-bit weights). A negative coordinate is clipped first: it becomes
+        # (cairo/pixman float math). A negative coordinate is clipped first: it becomes
         # a whole-pixel margin of trunc(-c / downsample) and reading starts at 0.
         lx, wx = _level_position(int(location[0]), lv.downsample)
         ly, wy = _level_position(int(location[1]), lv.downsample)
         if wx == 0 and wy == 0:
             return self._read_clipped(level, lx, ly, w, h)
-        src = self._read_clipped(level, lx, ly, w + 1, h + 1).astype(np.int32)
-        acc = (
-            src[:h, :w] * ((128 - wx) * (128 - wy))
-            + src[:h, 1:] * (wx * (128 - wy))
-            + src[1:, :w] * ((128 - wx) * wy)
-            + src[1:, 1:] * (wx * wy)
-        )
-        return ((acc + (1 << 13)) >> 14).astype(np.uint8)
+        src = self._read_clipped(level, lx, ly, w + 1, h + 1)
+        return _bilinear_like_pixman(src, wx, wy)
 
     def _read_clipped(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
         """Level pixels [lx, lx + w) x [ly, ly + h); outside the level is white."""
@@ -250,13 +244,36 @@ class Slide:
             raise SlideError(f"cannot read pixels: {type(exc).__name__}: {exc}", self.path) from exc
 
 
+def _bilinear_like_pixman(src: np.ndarray, wx: int, wy: int) -> np.ndarray:
+    """Bilinear blend of ``src`` (h + 1, w + 1, 3) at 16.16 fractions, as pixman computes it.
+
+    pixman's float path (which OpenSlide's cairo uses here): unorm8 -> float32 x / 255,
+    the four weighted terms summed in float32, then back with floor(v * 256) - (u >> 8).
+    Reproducing its arithmetic, not just the idea, makes the bytes equal OpenSlide's.
+    """
+    f32 = np.float32
+    px = src.astype(f32) * f32(1.0 / 255.0)
+    dx, dy, one = f32(wx) / f32(65536), f32(wy) / f32(65536), f32(1)
+    acc = px[:-1, :-1] * ((one - dx) * (one - dy))
+    acc += px[:-1, 1:] * (dx * (one - dy))
+    acc += px[1:, :-1] * ((one - dx) * dy)
+    acc += px[1:, 1:] * (dx * dy)
+    np.clip(acc, f32(0), f32(1), out=acc)
+    u = np.floor(acc * f32(256)).astype(np.int32)
+    u -= u >> 8
+    return u.astype(np.uint8)
+
+
 def _level_position(c: int, downsample: float) -> tuple[int, int]:
-    """(whole level pixel, 7-bit bilinear weight of the next pixel) for level-0 coord c."""
+    """(whole level pixel, 16.16 fixed-point fraction) of level-0 coordinate c."""
     if c < 0:
         return -int(-c / downsample), 0
     f = c / downsample
     whole = math.floor(f)
-    return whole, round((f - whole) * 65536) >> 9
+    frac = round((f - whole) * 65536)
+    if frac == 65536:
+        return whole + 1, 0
+    return whole, frac
 
 
 def open_slide(path: str | os.PathLike) -> Slide:
