@@ -67,17 +67,17 @@ class InferenceWidget(Container):
         self.worker = None
         self._picked: list[str] = []  # checkpoint files chosen with the file box
 
-        self.slide = ComboBox(label="slide", choices=self._slide_choices, nullable=True,
+        self.slide = ComboBox(label="slide", choices=self._slide_choices,
                               tooltip="an image layer showing a slide opened by napari-glimpse")
         self.method = ComboBox(label="method", choices=_methods.method_names())
         self.checkpoint = ComboBox(label="checkpoint", choices=self._checkpoint_choices,
-                                   nullable=True, tooltip="bundled, recently trained, or a file")
+                                   tooltip="bundled, recently trained, or a file")
         self.checkpoint_file = FileEdit(label="checkpoint file", mode="r",
                                         filter="*.safetensors *.pt *.pth")
         self.device = ComboBox(label="device", choices=list(DEVICES), value="auto")
         self.region = ComboBox(label="region", choices=[WHOLE, VIEW, RECTANGLE], value=WHOLE)
         self.shapes = ComboBox(label="rectangle layer", choices=self._shapes_choices,
-                               nullable=True, visible=False)
+                               visible=False)
         self.params = ConfigForm(label="parameters", labels=True)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)

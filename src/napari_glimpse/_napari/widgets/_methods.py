@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import typing
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
@@ -71,16 +72,40 @@ def _is_inference_field(f: dataclasses.Field) -> bool:
     return (f.metadata or {}).get("group") == "inference"
 
 
+_CALL_ARGS = {"slide", "slide_path", "checkpoint", "device", "region"}
+
+
 def inference_form_source(spec):
-    """(config class, field filter) for the inference parameter form."""
+    """(config class, field filter) for the inference parameter form.
+
+    ``spec.infer_config_cls`` when the method declares one. Otherwise the parameters the
+    method's ``infer`` takes by name: its config's "inference" fields that ``infer``
+    accepts, and ``infer``'s own simple keyword arguments (e.g. ``stride``), gathered into
+    one generated dataclass so the form code sees a single config class. A config field
+    that ``infer`` cannot receive is not shown (it would change nothing).
+    """
     cls = getattr(spec, "infer_config_cls", None)
     if cls is not None:
         return cls, None
-    cls = getattr(spec, "config_cls", None)
-    if cls is None:
+    params = inspect.signature(spec.infer).parameters
+    fields_: list[tuple] = []
+    config_cls = getattr(spec, "config_cls", None)
+    if config_cls is not None:
+        hints = typing.get_type_hints(config_cls)
+        for f in dataclasses.fields(config_cls):
+            if f.name in params and f.name not in _CALL_ARGS and _is_inference_field(f):
+                fields_.append((f.name, hints[f.name],
+                                dataclasses.field(default=f.default, metadata=f.metadata)))
+    taken = {name for name, _, _ in fields_}
+    for p in params.values():
+        simple = isinstance(p.default, (bool, int, float, str)) and p.default is not None
+        if p.name in _CALL_ARGS or p.name in taken or not simple:
+            continue
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            fields_.append((p.name, type(p.default), dataclasses.field(default=p.default)))
+    if not fields_:
         return None, None
-    has_groups = any("group" in (f.metadata or {}) for f in dataclasses.fields(cls))
-    return cls, (_is_inference_field if has_groups else None)
+    return dataclasses.make_dataclass(f"{spec.name}_inference_parameters", fields_), None
 
 
 def training_form_source(spec):
@@ -131,8 +156,11 @@ def _call(fn, *args, **kwargs) -> Generator:
 
 def infer_generator(spec, slide_path: str, checkpoint: str | None, *, device: str | None,
                     region, params: dict[str, Any]) -> Generator:
-    """The method's inference generator (yields Progress, returns InferenceResult)."""
-    return _call(spec.infer, slide_path, checkpoint, device=device, region=region, **params)
+    """The method's inference generator (yields Progress, returns InferenceResult).
+
+    ``params`` are the form's values, i.e. only parameters ``infer`` accepts by name.
+    """
+    return spec.infer(slide_path, checkpoint, device=device, region=region, **params)
 
 
 def train_generator(spec, **kwargs) -> Generator:

@@ -28,8 +28,9 @@ from ._common import DEVICES, RecentCheckpoints, notify_error, start_generator
 from ._form import ConfigForm, _float_step
 from ._plots import CurvePlot
 
-# Progress metrics drawn as curves (others are printed in the status line only).
-CURVES = ("loss", "val_loss", "val_accuracy", "val_auc")
+# Progress metrics drawn as curves, each against its own count of reports: "loss" is the
+# running training loss per batch, the others come once per epoch.
+CURVES = ("loss", "train_loss", "val_loss", "val_accuracy", "val_auc")
 _FILE_MODES = {"patch_folder": "d", "folder": "d", "annotations": "d", "csv": "r", "file": "r"}
 _FILE_FILTERS = {"csv": "*.csv"}
 
@@ -127,7 +128,7 @@ class TrainingWidget(Container):
             return None
         device = None if self.device.value == "auto" else self.device.value
         kwargs: dict[str, Any] = dict(
-            data, config=config, out=out, checkpoint=out, device=device, resume=resume,
+            data, config=config, out=out, device=device, resume=resume,
             epochs=self.epochs.value, lr=self.learning_rate.value,
             batch_size=self.batch_size.value,
         )
@@ -175,10 +176,10 @@ class TrainingWidget(Container):
         metrics = ev.metrics or {}
         nums = " ".join(f"{k}={v:.3g}" for k, v in metrics.items() if isinstance(v, float))
         self.status.value = f"{ev.message or ev.stage} {nums}".strip()
-        x = metrics.get("epoch", metrics.get("step", len(self.curves.series.get("loss", ()))))
         for name in CURVES:
-            if isinstance(metrics.get(name), (int, float)):
-                self.curves.add_point(name, float(x), float(metrics[name]))
+            value = metrics.get(name)
+            if isinstance(value, (int, float)) and value == value:  # NaN AUC: one class seen
+                self.curves.add_point(name, len(self.curves.series.get(name, ())) + 1, value)
 
     def _on_error(self, exc) -> None:
         self.status.value = "failed"
