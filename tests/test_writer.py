@@ -139,3 +139,18 @@ def test_failed_write_leaves_nothing_and_keeps_the_old_file(tmp_path):
     with pytest.raises(ValueError, match="channel"):
         write_pyramid(target, 512, 512, iter([np.zeros((512, 512), np.float32)]), 0.5)
     assert sorted(os.listdir(tmp_path)) == ["s.tif"]
+
+
+def test_bigtiff_opens_in_openslide(tmp_path, smooth_rgb):
+    # slides over 2 GiB uncompressed are written as BigTIFF; OpenSlide must still read them
+    h, w = smooth_rgb.shape[:2]
+    out = write_pyramid(tmp_path / "b.tif", w, h, _tiles(smooth_rgb), 0.5, bigtiff=True)
+    with tifffile.TiffFile(out) as tf:
+        assert tf.is_bigtiff
+        lvl1 = tf.pages[1].asarray()
+    osr = openslide.OpenSlide(out)
+    assert osr.level_dimensions[1] == (513, 326)
+    np.testing.assert_array_equal(
+        np.asarray(osr.read_region((0, 0), 1, (513, 326)))[:, :, :3], lvl1
+    )
+    osr.close()
