@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from napari_glimpse.methods.celnet import CELNet, CELNetConfig
 
 PCAM = Path("/work/shared/data/pcam/train")
 SVS = Path(__file__).resolve().parents[1] / "src/napari_glimpse/_sample_data/cmu-1-small-region.svs"
-TINY = dict(widths=(4, 8, 8), blocks=1)  # ~4k parameters: seconds on a CPU
+TINY = {"widths": (4, 8, 8), "blocks": 1}  # ~4k parameters: seconds on a CPU
 
 
 # ------------------------------------------------------------------------- fixtures
@@ -35,37 +36,21 @@ def _own_config_dir(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def celnet_spec(monkeypatch):
-    """The registry's celnet; until the registry exists, the same pieces wired by hand."""
-    try:
-        from napari_glimpse.methods.registry import get_method
+def celnet_spec():
+    from napari_glimpse.methods.registry import get_method
 
-        return get_method("celnet")
-    except ImportError:
-        from napari_glimpse.methods import celnet_infer
-
-        spec = SimpleNamespace(name="celnet", config_cls=CELNetConfig, infer=celnet_infer.infer,
-                               train=None, default_checkpoint=None)
-        monkeypatch.setattr(_methods, "method_names", lambda: ["celnet"])
-        monkeypatch.setattr(_methods, "get_spec", lambda name: spec)
-        return spec
+    return get_method("celnet")
 
 
 def save_tiny_celnet(path: Path, seed: int = 0) -> Path:
-    """A randomly initialised tiny CELNet in the checkpoint format inference loads."""
+    """A randomly initialised tiny CELNet checkpoint (weights + JSON config)."""
     import torch
+
+    from napari_glimpse.runtime.checkpoint import save_checkpoint
 
     torch.manual_seed(seed)
     model = CELNet(CELNetConfig(**TINY))
-    try:
-        from napari_glimpse.runtime.checkpoint import load_model  # noqa: F401
-        from napari_glimpse.runtime.checkpoint import save_checkpoint
-    except ImportError:
-        from napari_glimpse.methods.celnet_infer import save_celnet
-
-        save_celnet(model, path)
-    else:
-        save_checkpoint(path, method="celnet", config=model.config, model_state=model.state_dict())
+    save_checkpoint(path, method="celnet", config=model.config, model_state=model.state_dict())
     return path
 
 
@@ -80,10 +65,11 @@ def open_slide_layer(viewer, path):
 
 
 def make_inference_widget(viewer, ckpt, method="celnet"):
+    """Docked as napari docks it from the manifest (the viewer reaches it as a proxy)."""
     from napari_glimpse._napari.widgets import InferenceWidget
 
-    w = InferenceWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Run model")
+    _, w = viewer.window.add_plugin_dock_widget("napari-glimpse", "Run model")
+    assert isinstance(w, InferenceWidget)
     w.method.value = method
     w.checkpoint_file.value = str(ckpt)
     w.device.value = "cpu"
@@ -160,6 +146,36 @@ def test_inference_form_offers_only_what_infer_accepts(celnet_spec):
     assert form.values() and set(form.values()) <= set(accepted)
 
 
+def test_a_new_method_brings_its_own_training_panel(qtbot, monkeypatch):
+    """Data inputs and options come from the spec (here: a labels CSV and a choice field)."""
+    import dataclasses
+
+    from magicgui.widgets import ComboBox, FileEdit
+
+    from napari_glimpse._napari.widgets import TrainingWidget
+    from napari_glimpse.methods.registry import MethodSpec
+
+    @dataclasses.dataclass
+    class GridConfig:
+        lr: float = 1e-4
+        epochs: int = 3
+        pooling: Literal["max", "mean"] = dataclasses.field(
+            default="max", metadata={"group": "training", "help": "feature pooling"})
+
+    spec = MethodSpec(name="grid", description="", config_cls=GridConfig,
+                      build_model=lambda c: None, train=lambda **kw: iter(()),
+                      extra={"train_inputs": [
+                          {"name": "slides_dir", "kind": "folder", "label": "slides"},
+                          {"name": "labels_csv", "kind": "csv", "label": "labels"}]})
+    monkeypatch.setattr(_methods, "method_names", lambda: ["grid"])
+    monkeypatch.setattr(_methods, "get_spec", lambda name: spec)
+    w = TrainingWidget()
+    assert [d.name for d in w.data] == ["slides_dir", "labels_csv"]
+    assert all(isinstance(d, FileEdit) for d in w.data) and w.data[1].mode.value == "r"
+    assert isinstance(w.method_options.pooling, ComboBox)
+    assert w.epochs.value == 3  # the method's default
+
+
 # ------------------------------------------------------------------------ GUI tests
 
 
@@ -170,7 +186,7 @@ def test_inference_adds_named_layers_and_rerun_replaces_them(
     viewer = make_napari_viewer()
     slide = open_slide_layer(viewer, tiny_mosaic.path)
     w = make_inference_widget(viewer, tiny_ckpt)
-    assert w.slide.value is slide  # the only slide layer is chosen
+    assert w.slide.value.name == slide.name  # the only slide layer is chosen
     assert w.checkpoint.value == str(tiny_ckpt)
     run_to_end(qtbot, w)
     names = [lyr.name for lyr in viewer.layers]
@@ -323,8 +339,6 @@ def test_replace_layers_keeps_other_runs(make_napari_viewer):
 def test_training_one_epoch_checkpoint_appears_in_inference_widget(
     make_napari_viewer, qtbot, tmp_path, celnet_spec
 ):
-    if not getattr(celnet_spec, "train", None):
-        pytest.skip("celnet has no registered training generator yet")
     from napari_glimpse._napari.widgets import InferenceWidget, TrainingWidget
 
     for split in ("train", "valid"):
@@ -335,10 +349,9 @@ def test_training_one_epoch_checkpoint_appears_in_inference_widget(
             for f in src:
                 shutil.copy(f, dest / f.name)
     viewer = make_napari_viewer()
-    inference = InferenceWidget(viewer)
-    training = TrainingWidget(viewer)
-    viewer.window.add_dock_widget(inference, name="Run model")
-    viewer.window.add_dock_widget(training, name="Train model")
+    _, inference = viewer.window.add_plugin_dock_widget("napari-glimpse", "Run model")
+    _, training = viewer.window.add_plugin_dock_widget("napari-glimpse", "Train model")
+    assert isinstance(inference, InferenceWidget) and isinstance(training, TrainingWidget)
     training.method.value = "celnet"
     training.data[0].value = tmp_path / "train"
     training.data[1].value = tmp_path / "valid"
@@ -359,3 +372,14 @@ def test_training_one_epoch_checkpoint_appears_in_inference_widget(
     assert str(Path(training.last_checkpoint).resolve()) in inference.checkpoint.choices
     recent = json.loads((tmp_path / "config" / "recent_checkpoints.json").read_text())
     assert recent["checkpoints"][0]["method"] == "celnet"
+    training.native.grab().save("/tmp/widgets-train-shot.png")
+
+    # Resume continues from the saved epoch to the new total.
+    epochs_seen = []
+    training.epochs.value = 2
+    training.resume_button.changed.emit(True)  # what a click does
+    assert training.worker is not None
+    training.worker.yielded.connect(lambda ev: epochs_seen.append((ev.stage, ev.done)))
+    qtbot.waitUntil(lambda: training.worker is None, timeout=120_000)
+    assert training.status.value.startswith("saved"), training.status.value
+    assert ("epoch", 2) in epochs_seen and ("epoch", 1) not in epochs_seen

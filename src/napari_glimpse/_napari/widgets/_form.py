@@ -49,6 +49,15 @@ def field_widget(f: dataclasses.Field, hint: Any):
     return None
 
 
+def type_hints(cls: type) -> dict[str, Any]:
+    """Resolved field types; a field whose annotation cannot be resolved keeps its raw one
+    (and gets no widget) instead of breaking the whole form."""
+    try:
+        return typing.get_type_hints(cls)
+    except (NameError, TypeError):
+        return {f.name: f.type for f in dataclasses.fields(cls)}
+
+
 class ConfigForm(Container):
     """The simple fields of a config dataclass as a form; :meth:`values` gives them back."""
 
@@ -64,7 +73,7 @@ class ConfigForm(Container):
         self.config_cls = config_cls
         if config_cls is None or not dataclasses.is_dataclass(config_cls):
             return
-        hints = typing.get_type_hints(config_cls)
+        hints = type_hints(config_cls)
         for f in dataclasses.fields(config_cls):
             if not f.init or (include is not None and not include(f)):
                 continue

@@ -192,6 +192,8 @@ class InferenceWidget(Container):
 
         def on_result(result):
             replace_layers(self.viewer, result_to_layers(result, mpp=mpp), run_key)
+            if checkpoint is not None:  # a file that worked is worth offering next time
+                self.recent.add(checkpoint, spec.name)
             s = result.summary or {}
             score = "" if result.slide_score is None else f"score {result.slide_score:.3f}, "
             self.status.value = f"done: {score}{s.get('seconds', 0):.1f} s"

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import typing
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
+
+from ._form import type_hints
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,19 @@ class DataInput:
 
 # Patch classifiers (PCam-style ``<dir>/<class>/*.jpg``) need nothing more than this.
 DEFAULT_INPUTS = (
-    DataInput("train_dir", "patch_folder", "training data",
+    DataInput("train_dir", "patch_folder", "training",
               help="folder of patches in one sub-folder per class (0 = normal, 1 = tumour)"),
-    DataInput("val_dir", "patch_folder", "validation data", required=False,
+    DataInput("val_dir", "patch_folder", "validation", required=False,
               help="held-apart patches, same layout; validation loss / accuracy / AUC per epoch"),
 )
+
+
+def spec_attr(spec, name: str, default=None):
+    """``spec.<name>``, else ``spec.extra[name]`` (MethodSpec's free-form slot), else default."""
+    value = getattr(spec, name, None)
+    if value is None:
+        value = (getattr(spec, "extra", None) or {}).get(name)
+    return default if value is None else value
 
 
 def _registry():
@@ -84,14 +93,14 @@ def inference_form_source(spec):
     one generated dataclass so the form code sees a single config class. A config field
     that ``infer`` cannot receive is not shown (it would change nothing).
     """
-    cls = getattr(spec, "infer_config_cls", None)
+    cls = spec_attr(spec, "infer_config_cls")
     if cls is not None:
         return cls, None
     params = inspect.signature(spec.infer).parameters
     fields_: list[tuple] = []
     config_cls = getattr(spec, "config_cls", None)
     if config_cls is not None:
-        hints = typing.get_type_hints(config_cls)
+        hints = type_hints(config_cls)
         for f in dataclasses.fields(config_cls):
             if f.name in params and f.name not in _CALL_ARGS and _is_inference_field(f):
                 fields_.append((f.name, hints[f.name],
@@ -139,8 +148,9 @@ def config_default(spec, name: str, fallback: Any) -> Any:
 
 
 def training_inputs(spec) -> tuple[DataInput, ...]:
-    """The data a method trains on: ``spec.train_inputs`` when declared, else patch folders."""
-    declared = getattr(spec, "train_inputs", None)
+    """The data a method trains on: ``train_inputs`` when the spec declares them (attribute
+    or ``extra["train_inputs"]``, DataInput or dicts of its fields), else patch folders."""
+    declared = spec_attr(spec, "train_inputs")
     if not declared:
         return DEFAULT_INPUTS
     return tuple(d if isinstance(d, DataInput) else DataInput(**d) for d in declared)

@@ -51,7 +51,7 @@ class TrainingWidget(Container):
 
     def __init__(self, napari_viewer=None, recent: RecentCheckpoints | None = None):
         super().__init__(labels=True)
-        self.viewer = viewer = napari_viewer
+        self.viewer = napari_viewer
         self.recent = recent or RecentCheckpoints.for_file()
         self.worker = None
         self.last_checkpoint: str | None = None
