@@ -1,0 +1,136 @@
+"""CELNet network: shape, size, receptive field, and the exact dense-map contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_glimpse.methods.backbones import SmallCNN, resnet18, resnet34
+from napari_glimpse.methods.celnet import CELNet, CELNetConfig
+
+
+def _randomise_bn(model: torch.nn.Module, seed: int = 0) -> None:
+    # Fresh BN statistics are the identity; random ones make the equivalence test meaningful.
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+
+
+def test_paper_size_and_outputs():
+    torch.manual_seed(0)
+    model = CELNet().eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 0.25e6 < n_params < 0.35e6  # paper: 297 K
+    x = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        out = model(x)
+        f2, f3 = model.features(x)
+    assert set(out) == {"logit", "aux2", "aux3"}
+    assert all(v.shape == (2,) for v in out.values())
+    assert f2.shape == (2, 32, 48, 48) and f3.shape == (2, 64, 24, 24)
+    pooled = (f2.mean((2, 3)), f2.amax((2, 3)), f3.mean((2, 3)), f3.amax((2, 3)))
+    torch.testing.assert_close(model.head(*pooled), out["logit"])
+    torch.testing.assert_close(model.aux_heads(*pooled)[1], out["aux3"])
+
+
+# Small variants keep the tests fast; the margin formula and the pooling are the same code
+# for the paper's size (checked once, at 3 blocks, in the margin test).
+SMALL = {"widths": (4, 8, 8), "reduction": 2}
+
+
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_context_margin_bounds_the_receptive_field(blocks):
+    torch.manual_seed(0)
+    model = CELNet(CELNetConfig(blocks=blocks, **SMALL)).eval()
+    m = model.context_margin
+    size = 2 * m + 64
+    x = torch.rand(1, 3, size, size, requires_grad=True)
+    _, f3 = model.features(x)
+    c = size // 8  # an F3 cell near the middle, centred on input pixel 4c
+    f3[0, :, c, c].sum().backward()
+    rows = x.grad[0].abs().sum(0).sum(1).nonzero().flatten()
+    reach = max(4 * c - rows.min().item(), rows.max().item() - 4 * c)
+    assert reach <= m  # nothing beyond the margin influences the cell
+    assert reach > m - 12  # and the margin is not wastefully large
+
+
+def test_dense_window_logits_equal_per_patch_with_context():
+    torch.manual_seed(1)
+    model = CELNet(CELNetConfig(blocks=1, **SMALL)).eval()
+    _randomise_bn(model)
+    m, p = model.context_margin, model.config.patch_size
+    tile = torch.rand(1, 3, 2 * m + p + 24, 2 * m + p + 24)
+    with torch.no_grad():
+        f2, f3 = model.features(tile)
+        dense = model.window_logits(f2, f3, step=4)
+        diffs = []
+        for r, c in [(m, m), (m + 8, m + 24), (m + 24, m + 4)]:
+            ref = model.classify_with_context(tile[:, :, r - m : r + p + m, c - m : c + p + m])
+            diffs.append(abs(ref.item() - dense[0, r // 4, c // 4].item()))
+    assert dense.shape == (1, (tile.shape[-1] - p) // 4 + 1, (tile.shape[-1] - p) // 4 + 1)
+    assert max(diffs) < 1e-4
+    assert dense.std() > 1e-3  # the windows really differ, so equality is not trivial
+
+
+def test_global_channel_attention_has_no_finite_context():
+    model = CELNet(CELNetConfig(channel_window=None, blocks=1))
+    assert model.context_margin is None
+    with pytest.raises(ValueError, match="no finite context"):
+        model.classify_with_context(torch.rand(1, 3, 96, 96))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        CELNet(CELNetConfig(blocks=1)).window_logits(torch.rand(1, 32, 48, 48), torch.rand(1, 64, 24, 24), step=6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"channel_window": 4}, "channel_window"),
+        ({"patch_size": 98}, "multiple of 4"),
+        ({"spatial_kernels": (3, 4)}, "odd"),
+        ({"lr": -1.0}, "lr"),
+        ({"widths": (16, 32)}, "three"),
+        ({"lr_milestones": (0.5, 1.5)}, "milestones"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CELNetConfig(**kwargs)
+
+
+def test_config_accepts_json_lists():
+    cfg = CELNetConfig(widths=[8, 16, 32], spatial_kernels=[3, 5], reduction=2)
+    assert cfg.widths == (8, 16, 32) and cfg.spatial_kernels == (3, 5)
+
+
+# torchvision's resnet18 state-dict layout, written out from torchvision 0.x
+def _torchvision_resnet_keys(layers):
+    keys = ["conv1.weight"] + [f"bn1.{s}" for s in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+    bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    for i, n in enumerate(layers, 1):
+        for b in range(n):
+            pre = f"layer{i}.{b}"
+            keys += [f"{pre}.conv1.weight"] + [f"{pre}.bn1.{s}" for s in bn]
+            keys += [f"{pre}.conv2.weight"] + [f"{pre}.bn2.{s}" for s in bn]
+            if b == 0 and i > 1:
+                keys += [f"{pre}.downsample.0.weight"] + [f"{pre}.downsample.1.{s}" for s in bn]
+    return keys + ["fc.weight", "fc.bias"]
+
+
+@pytest.mark.parametrize("build, layers", [(resnet18, (2, 2, 2, 2)), (resnet34, (3, 4, 6, 3))])
+def test_resnet_state_dict_matches_torchvision_layout(build, layers):
+    state = build().state_dict()
+    assert list(state) == _torchvision_resnet_keys(layers)
+    assert state["conv1.weight"].shape == (64, 3, 7, 7)
+    assert state["layer2.0.downsample.0.weight"].shape == (128, 64, 1, 1)
+    assert state["layer4.1.conv2.weight"].shape == (512, 512, 3, 3)
+    assert state["fc.weight"].shape == (1000, 512)
+    n = sum(t.numel() for k, t in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    assert n == {(2, 2, 2, 2): 11_689_512, (3, 4, 6, 3): 21_797_672}[layers]
+
+
+def test_small_cnn_runs_on_a_patch():
+    out = SmallCNN(width=8)(torch.rand(2, 3, 96, 96))
+    assert out.shape == (2, 1)
