@@ -38,6 +38,7 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="image decoding threads")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    _add_method_flags(p, "train")
     p.set_defaults(func=train_cmd)
 
 
@@ -51,7 +52,27 @@ def add_evaluate_parser(subparsers) -> None:
     p.add_argument("--limit", type=int, help="evaluate a stratified subset of this many patches")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    _add_method_flags(p, "evaluate")
     p.set_defaults(func=evaluate_cmd)
+
+
+def _method_flags(spec, command: str):
+    """Method-specific flags: training declares config fields in ``extra["cli_train_flags"]``;
+    evaluation takes the inference parameters that ``spec.evaluate`` accepts."""
+    from ._method_flags import config_flags, infer_flags
+
+    if command == "train":
+        return config_flags(spec, (spec.extra or {}).get("cli_train_flags", ()))
+    return infer_flags(spec, spec.evaluate) if spec.evaluate is not None else []
+
+
+def _add_method_flags(parser, command: str) -> None:
+    from ..methods import get_method
+    from ._method_flags import add_flags
+
+    seen: set = set()
+    for name in _method_names():
+        add_flags(parser, _method_flags(get_method(name), command), seen)
 
 
 def _config_from_args(spec, overrides: list[str]):
@@ -99,6 +120,13 @@ def train_cmd(args) -> int:
         torch.set_num_threads(args.threads)
     spec = get_method(args.method)
     config = _config_from_args(spec, args.set)
+    from ._method_flags import collect
+
+    chosen = collect(args, _method_flags(spec, "train"))
+    if chosen:
+        import dataclasses
+
+        config = dataclasses.replace(config, **chosen)
     path = _drive(spec.train(
         args.data, args.out, val_dir=args.val, config=config, resume=args.resume, device=args.device,
         seed=args.seed, workers=args.workers, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
@@ -116,7 +144,10 @@ def evaluate_cmd(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = get_method(args.method)
+    from ._method_flags import collect
+
+    extra = collect(args, _method_flags(spec, "evaluate"))
     metrics = _drive(spec.evaluate(args.data, args.checkpoint, device=args.device, batch_size=args.batch_size,
-                                   workers=args.workers, limit=args.limit), quiet=True)
+                                   workers=args.workers, limit=args.limit, **extra), quiet=True)
     print(json.dumps(metrics))
     return 0

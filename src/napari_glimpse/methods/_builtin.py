@@ -26,3 +26,8 @@ register(
     ),
     replace=True,
 )
+
+# glimpse-tree: config only at import; torch loads when one of its callables runs.
+from .glimpse_tree import method_spec as _glimpse_tree_spec  # noqa: E402
+
+register(_glimpse_tree_spec(), replace=True)

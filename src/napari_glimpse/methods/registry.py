@@ -53,8 +53,8 @@ class MethodSpec:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if not self.name or not self.name.isidentifier():
-            raise ValueError(f"method name must be an identifier, got {self.name!r}")
+        if not self.name or not self.name.replace("-", "_").isidentifier():
+            raise ValueError(f"method name must be an identifier (hyphens allowed), got {self.name!r}")
         if not dataclasses.is_dataclass(self.config_cls):
             raise TypeError(f"{self.name}: config_cls must be a dataclass, got {self.config_cls!r}")
 

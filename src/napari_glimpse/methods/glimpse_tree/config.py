@@ -1,0 +1,139 @@
+"""The glimpse-tree config: every number of METHODS.md section 1 is a field here."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+__all__ = ["GlimpseTreeConfig", "branching_for_leaves", "BACKBONES"]
+
+BACKBONES = ("small", "resnet18", "resnet34", "inception_v3")
+
+
+def _f(default, help: str, **meta):
+    """A dataclass field carrying help text and ranges for the CLI and the widgets."""
+    kwargs = {"default_factory": default} if callable(default) else {"default": default}
+    return field(metadata={"help": help, **meta}, **kwargs)
+
+
+def branching_for_leaves(leaves: int, levels: int) -> tuple[int, ...]:
+    """Split ``leaves`` into ``levels`` branching factors, the larger ones deeper.
+
+    4 -> (2, 2), 8 -> (2, 4), 16 -> (4, 4), 1 -> (1, 1) for two levels: more children
+    where glimpses are cheap and the policy sees most detail.
+    """
+    if leaves < 1 or levels < 1:
+        raise ValueError(f"need leaves >= 1 and levels >= 1, got {leaves} and {levels}")
+    out, rest = [], leaves
+    for i in range(levels, 0, -1):
+        # the smallest factor of rest that is at least rest ** (1 / i)
+        target = rest ** (1.0 / i)
+        k = next(d for d in range(max(1, math.floor(target - 1e-9)), rest + 1) if rest % d == 0 and d >= target - 1e-9)
+        out.append(k)
+        rest //= k
+    return tuple(sorted(out))
+
+
+@dataclass
+class GlimpseTreeConfig:
+    """A hierarchical glimpse tree: classifier C, policies P_l, sampling, training.
+
+    Defaults are the paper's (Table 1: L = 2, 304 px glimpses, x4 per level, N_G = 8 leaves
+    as (2, 4), T = 0.05 at test time) except the working resolution, which is PCam's 10x
+    (0.972 um/px) because that is the data available here (the paper used 20x).
+    """
+
+    # --- network -------------------------------------------------------------------------
+    backbone: str = _f("small", "classifier C: small (fast CPU CNN), resnet18, resnet34 or inception_v3",
+                       choices=BACKBONES, group="network")
+    classifier_width: int = _f(32, "channels of the small classifier's first stage", min=4, max=256, group="network")
+    policy_width: int = _f(8, "channels of the policy U-Nets' first stage", min=2, max=64, group="network")
+    # --- tree ----------------------------------------------------------------------------
+    levels: int = _f(2, "L: levels below the root (the root is level 0, leaves level L)", min=1, max=4, group="tree")
+    glimpse_size: int = _f(304, "glimpse edge in pixels at every level (multiple of level_scale)", min=16, max=1024,
+                           group="tree")
+    level_scale: int = _f(4, "resolution factor between consecutive levels", min=2, max=8, group="tree")
+    # --- inference -----------------------------------------------------------------------
+    branching: tuple[int, ...] = _f((2, 4), "children per glimpse at each non-final level; N_G = product",
+                                    group="inference")
+    temperature: float = _f(0.05, "Boltzmann temperature T at test time (T -> 0 takes the maximum)",
+                            min=1e-4, max=100.0, group="inference")
+    seed: int = _f(0, "seed of the glimpse sampling (same seed, same glimpses)", min=0, max=2**31 - 1,
+                   group="inference")
+    dense: bool = _f(False, "the 'All' baseline: classify every leaf-sized tile of the regions instead",
+                     group="inference")
+    tissue: str = _f("otsu", "tissue mask: otsu (saturation) or grey (MagNets' grey filter)",
+                     choices=("otsu", "grey"), group="inference")
+    tissue_min: float = _f(0.01, "'All': skip leaf tiles with less tissue than this fraction",
+                           min=0.0, max=1.0, group="inference")
+    # --- data / resolution ---------------------------------------------------------------
+    mpp: float = _f(0.972, "working resolution (leaf glimpses) in um/px", min=0.05, max=20.0, group="data")
+    leaf_positive_fraction: float = _f(
+        0.02, "supervised: a leaf glimpse is positive when this fraction of it is annotated tumour",
+        min=0.0, max=1.0, group="data")
+    # --- training ------------------------------------------------------------------------
+    strategy: str = _f("supervised", "supervised (pixel annotations) or mil (slide labels only)",
+                       choices=("supervised", "mil"), group="training")
+    epochs: int = _f(24, "training epochs (warm-up included)", min=1, max=10000, group="training")
+    warmup_epochs: int = _f(4, "epochs of C alone on uniformly sampled glimpses before alternating C / P",
+                            min=0, max=10000, group="training")
+    warmup_glimpses: int = _f(600, "uniformly sampled glimpses per class for the warm-up",
+                              min=2, max=100000, group="training")
+    lr: float = _f(1e-3, "initial learning rate (Adam)", min=1e-7, max=10.0, group="training")
+    lr_decay: float = _f(0.1, "learning-rate factor every lr_decay_steps steps", min=0.0, max=1.0, group="training")
+    lr_decay_steps: int = _f(1000, "optimizer steps between learning-rate decays", min=1, max=10**7, group="training")
+    weight_decay: float = _f(1e-4, "L2 weight decay", min=0.0, max=1.0, group="training")
+    batch_size: int = _f(16, "glimpses per classifier step", min=1, max=4096, group="training")
+    train_branching: tuple[int, ...] = _f((2, 4), "branching while training (leaves drawn per region)",
+                                          group="training")
+    temperature_start: float = _f(1.0, "training temperature at the first alternating epoch (near uniform)",
+                                  min=1e-4, max=100.0, group="training")
+    temperature_decay: float = _f(0.75, "training temperature factor per epoch", min=0.01, max=1.0, group="training")
+    temperature_min: float = _f(0.05, "lowest training temperature", min=1e-4, max=100.0, group="training")
+    augment: bool = _f(True, "random 90-degree rotations and flips of classifier glimpses", group="training")
+
+    def __post_init__(self):
+        for name in ("branching", "train_branching"):
+            value = getattr(self, name)
+            value = (value,) if isinstance(value, int) else tuple(int(v) for v in value)
+            if len(value) != self.levels or any(v < 1 for v in value):
+                raise ValueError(f"GlimpseTreeConfig.{name} needs {self.levels} positive counts "
+                                 f"(one per non-final level), got {value}")
+            setattr(self, name, value)
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"GlimpseTreeConfig.backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.strategy not in ("supervised", "mil"):
+            raise ValueError(f"GlimpseTreeConfig.strategy must be supervised or mil, got {self.strategy!r}")
+        if self.tissue not in ("otsu", "grey"):
+            raise ValueError(f"GlimpseTreeConfig.tissue must be otsu or grey, got {self.tissue!r}")
+        for f_ in fields(self):
+            lo, hi = f_.metadata.get("min"), f_.metadata.get("max")
+            value = getattr(self, f_.name)
+            if value is None or isinstance(value, (tuple, bool, str)):
+                continue
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                raise ValueError(f"GlimpseTreeConfig.{f_.name}={value} is outside [{lo}, {hi}]")
+        if self.glimpse_size % self.level_scale:
+            raise ValueError(f"GlimpseTreeConfig.glimpse_size={self.glimpse_size} must be a multiple of "
+                             f"level_scale={self.level_scale}")
+        if self.warmup_epochs > self.epochs:
+            raise ValueError("GlimpseTreeConfig.warmup_epochs cannot exceed epochs")
+
+    @property
+    def leaves(self) -> int:
+        """N_G: leaf glimpses per region."""
+        return math.prod(self.branching)
+
+    @property
+    def child_extent(self) -> int:
+        """A child's edge in its parent's pixels (the box kernel K and the suppression box)."""
+        return self.glimpse_size // self.level_scale
+
+    @property
+    def region_size(self) -> int:
+        """A root glimpse's edge in working pixels: glimpse_size * level_scale ** levels."""
+        return self.glimpse_size * self.level_scale**self.levels
+
+    def downscale(self, level: int) -> int:
+        """s_l = level_scale ** (L - l): working pixels per pixel of a level-l glimpse."""
+        return self.level_scale ** (self.levels - level)

@@ -1,0 +1,237 @@
+"""Glimpse-tree inference on a slide: regions over tissue, the tree per region, the 'All' baseline.
+
+A region is one root glimpse: ``glimpse_size * level_scale ** L`` working pixels square
+(4864 px for the defaults). Regions tile the tissue's bounding box on a grid centred on it
+and only regions with tissue are processed; the slide score is the maximum over all leaves
+(tree) or all tiles ('All'). Every glimpse is read from the finest pyramid level that is not
+finer than needed (never coarser), only its own pixels, then resized if the level's scale
+does not match exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import GlimpseTreeConfig
+from .sampling import sample_children
+
+__all__ = ["GlimpseNode", "GlimpseReader", "plan_regions", "run_tree", "run_all", "to_tensor",
+           "classify_glimpses"]
+
+
+def to_tensor(images: np.ndarray, device=None):
+    """(N, S, S, 3) uint8 -> (N, 3, S, S) float in [0, 1] (the networks normalise themselves)."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    return x.to(device) if device is not None else x
+
+
+@dataclass
+class GlimpseNode:
+    """One glimpse of a tree, in level-0 pixels."""
+
+    node_id: int
+    parent_id: int  # -1 for a root
+    level: int
+    region: int
+    box: tuple[float, float, float, float]  # level-0 (x0, y0, x1, y1)
+    kq: float = float("nan")  # the parent's (K * q) at this glimpse's centre
+    score: float = float("nan")  # leaf: C's probability; inner glimpse: max over its leaves
+    q_map: np.ndarray | None = field(default=None, repr=False)  # Boltzmann Q inside this glimpse
+    children: list[int] = field(default_factory=list)
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        x0, y0, x1, y1 = self.box
+        return (x0 + x1) / 2, (y0 + y1) / 2
+
+    def as_dict(self) -> dict:
+        return {"id": self.node_id, "parent": self.parent_id, "level": self.level, "region": self.region,
+                "box": [round(float(v), 2) for v in self.box],
+                "kq": None if math.isnan(self.kq) else round(float(self.kq), 5),
+                "score": None if math.isnan(self.score) else round(float(self.score), 5)}
+
+
+class GlimpseReader:
+    """Reads glimpses of a given tree level from a slide, counting patches and pixels read.
+
+    ``downsample(l)`` is level-0 pixels per pixel of a level-l glimpse: s_l times the
+    level-0 pixels per working pixel (working mpp / slide mpp; 1 when the slide has no mpp).
+    """
+
+    def __init__(self, slide, config: GlimpseTreeConfig):
+        self.slide = slide
+        self.config = config
+        mpp = slide.mpp
+        self.mpp_assumed = mpp is None
+        self.working_downsample = 1.0 if mpp is None else config.mpp / float(np.mean(mpp))
+        self.patches_read = 0
+        self.pixels_read = 0
+
+    def downsample(self, level: int) -> float:
+        return self.config.downscale(level) * self.working_downsample
+
+    def pyramid_level(self, downsample: float) -> int:
+        """The coarsest pyramid level not coarser than ``downsample`` (level 0 if none is)."""
+        best, best_ds = 0, 0.0
+        for i, lv in enumerate(self.slide.levels):
+            if lv.downsample <= downsample * 1.001 and lv.downsample > best_ds:
+                best, best_ds = i, float(lv.downsample)
+        return best
+
+    def read(self, level: int, x0: float, y0: float, size: int | None = None) -> np.ndarray:
+        """``size`` x ``size`` glimpse pixels (default glimpse_size) at tree level ``level``."""
+        from PIL import Image
+
+        size = size or self.config.glimpse_size
+        ds = self.downsample(level)
+        pl = self.pyramid_level(ds)
+        lds = float(self.slide.levels[pl].downsample)
+        n = max(1, round(size * ds / lds))
+        img = np.asarray(self.slide.read_region((int(round(x0)), int(round(y0))), pl, (n, n)))[..., :3]
+        self.patches_read += 1
+        self.pixels_read += n * n
+        if n != size:
+            img = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((size, size), Image.BILINEAR))
+        return np.ascontiguousarray(img)
+
+    def read_strip(self, level: int, x0: float, y0: float, width: int, height: int) -> np.ndarray:
+        """A ``width`` x ``height`` (glimpse pixels) block at ``level``: for the 'All' baseline."""
+        from PIL import Image
+
+        ds = self.downsample(level)
+        pl = self.pyramid_level(ds)
+        lds = float(self.slide.levels[pl].downsample)
+        w, h = max(1, round(width * ds / lds)), max(1, round(height * ds / lds))
+        img = np.asarray(self.slide.read_region((int(round(x0)), int(round(y0))), pl, (w, h)))[..., :3]
+        self.pixels_read += w * h
+        if (w, h) != (width, height):
+            img = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((width, height), Image.BILINEAR))
+        return np.ascontiguousarray(img)
+
+
+def plan_regions(dimensions: Sequence[int], tissue, region_px: float,
+                 within: Sequence[float] | None = None) -> list[tuple[float, float, float, float]]:
+    """Root-glimpse boxes (level 0) on a grid centred on the tissue, those holding tissue.
+
+    Parameters
+    ----------
+    dimensions
+        Slide level-0 (width, height).
+    tissue
+        A TissueMask or None (the whole slide counts as tissue).
+    region_px
+        A region's edge in level-0 pixels.
+    within
+        Optional level-0 box (x0, y0, x1, y1) to restrict the search to.
+    """
+    w0, h0 = dimensions
+    bx0, by0, bx1, by1 = (0.0, 0.0, float(w0), float(h0)) if within is None else map(float, within)
+    if tissue is not None and np.any(tissue.mask):
+        rows = np.flatnonzero(tissue.mask.any(1))
+        cols = np.flatnonzero(tissue.mask.any(0))
+        cs = tissue.cell_size
+        bx0, bx1 = max(bx0, cols[0] * cs), min(bx1, (cols[-1] + 1) * cs)
+        by0, by1 = max(by0, rows[0] * cs), min(by1, (rows[-1] + 1) * cs)
+        if bx1 <= bx0 or by1 <= by0:
+            return []
+    nx, ny = max(1, math.ceil((bx1 - bx0) / region_px - 1e-9)), max(1, math.ceil((by1 - by0) / region_px - 1e-9))
+    sx = round((bx0 + bx1) / 2 - nx * region_px / 2)
+    sy = round((by0 + by1) / 2 - ny * region_px / 2)
+    boxes = []
+    for j in range(ny):
+        for i in range(nx):
+            box = (sx + i * region_px, sy + j * region_px, sx + (i + 1) * region_px, sy + (j + 1) * region_px)
+            if tissue is None or not np.any(tissue.mask) or tissue.fraction(*box) > 0:
+                boxes.append(box)
+    return boxes
+
+
+def classify_glimpses(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """C's probabilities (N,) for (N, S, S, 3) uint8 glimpses."""
+    import torch
+
+    if len(images) == 0:
+        return np.zeros(0, np.float64)
+    device = next(model.parameters()).device
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            out.append(torch.sigmoid(model.classify(to_tensor(images[i : i + batch_size], device))).double().cpu())
+    return torch.cat(out).numpy()
+
+
+def run_tree(model, reader: GlimpseReader, root_box, region: int, rng: np.random.Generator,
+             branching: Sequence[int], temperature: float, first_id: int = 0, classify: bool = True
+             ) -> list[GlimpseNode]:
+    """The glimpse tree of one region (eval mode, no gradients); nodes in breadth-first order.
+
+    With ``classify=False`` the leaves are placed but neither read nor scored (training).
+    """
+    import torch
+
+    cfg = reader.config
+    k, h = cfg.child_extent, cfg.child_extent // 2
+    device = next(model.parameters()).device
+    root = GlimpseNode(first_id, -1, 0, region, tuple(float(v) for v in root_box))
+    nodes = [root]
+    frontier = [root]
+    with torch.inference_mode():
+        for level in range(cfg.levels):
+            images = np.stack([reader.read(level, n.box[0], n.box[1]) for n in frontier])
+            q = model.q_map(level, to_tensor(images, device)).double().cpu().numpy()
+            ds = reader.downsample(level)
+            children = []
+            for parent, q_p in zip(frontier, q, strict=True):
+                centres, kq, big_q = sample_children(q_p, branching[level], k, temperature, rng)
+                parent.q_map = big_q.astype(np.float32)
+                for (cx, cy), v in zip(centres, kq, strict=True):
+                    x0, y0 = parent.box[0] + (cx - h) * ds, parent.box[1] + (cy - h) * ds
+                    child = GlimpseNode(first_id + len(nodes), parent.node_id, level + 1, region,
+                                        (x0, y0, x0 + k * ds, y0 + k * ds), kq=float(v))
+                    parent.children.append(child.node_id)
+                    nodes.append(child)
+                    children.append(child)
+            frontier = children
+    leaves = frontier
+    if leaves and classify:
+        images = np.stack([reader.read(cfg.levels, n.box[0], n.box[1]) for n in leaves])
+        for n, p in zip(leaves, classify_glimpses(model, images), strict=True):
+            n.score = float(p)
+    by_id = {n.node_id: n for n in nodes}
+    for n in reversed(nodes):  # children come after parents: propagate maxima upwards
+        if n.children:
+            n.score = max(by_id[c].score for c in n.children)
+    return nodes
+
+
+def run_all(model, reader: GlimpseReader, root_box, tissue, tissue_min: float, batch_size: int = 32
+            ) -> np.ndarray:
+    """'All': C on every leaf-sized tile of a region with tissue; (n, n) probabilities, NaN = skipped."""
+    cfg = reader.config
+    s = cfg.glimpse_size
+    n = cfg.level_scale**cfg.levels
+    tile = s * reader.downsample(cfg.levels)
+    x0, y0 = root_box[0], root_box[1]
+    out = np.full((n, n), np.nan)
+    for r in range(n):
+        keep = [c for c in range(n) if tissue is None
+                or tissue.fraction(x0 + c * tile, y0 + r * tile, x0 + (c + 1) * tile, y0 + (r + 1) * tile) >= tissue_min]
+        if not keep:
+            continue
+        c0, c1 = keep[0], keep[-1] + 1  # one read per row of tiles, only the span with tissue
+        strip = reader.read_strip(cfg.levels, x0 + c0 * tile, y0 + r * tile, (c1 - c0) * s, s)
+        images = np.stack([strip[:, (c - c0) * s : (c - c0 + 1) * s] for c in keep])
+        reader.patches_read += len(keep)
+        out[r, keep] = classify_glimpses(model, images, batch_size)
+    return out
+
+
+def elapsed(t0: float) -> float:
+    return time.perf_counter() - t0

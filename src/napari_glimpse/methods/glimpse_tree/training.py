@@ -1,0 +1,367 @@
+"""Training the glimpse tree, supervised (pixel annotations) or MIL (slide labels).
+
+Schedule (paper, section 2.3 / 3.2): ``warmup_epochs`` of C alone on uniformly sampled
+glimpses (supervised: positives and negatives from the annotations; MIL: glimpses anywhere
+in the tissue, labelled with their slide's label), then C and the policies alternate by
+epoch. A C epoch runs the tree at the current temperature and trains C on the sampled
+leaves (supervised: labels from the annotation mask; MIL: the slide label), mixed with as many
+glimpses replayed from the warm-up set (MIL replays only glimpses of negative slides, the
+only ones whose label is certainly right). A P epoch runs the tree with gradients through q
+and minimises eq. 5: for every root-to-leaf trajectory, the sum over levels of
+((K * q_l)(c_{l+1}) - y_hat_leaf)^2 with y_hat C's score. The temperature starts high (near
+uniform sampling) and decays by ``temperature_decay`` per alternating epoch down to
+``temperature_min``.
+
+Checkpoints: ``out`` (best validation slide AUC) and ``<stem>.last.safetensors`` (every
+epoch, with optimizer / scheduler state). Randomness per epoch comes from generators seeded
+with (seed, epoch), so ``resume=True`` continues exactly where an interrupted run stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Generator
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import CheckpointError, DatasetError
+from ...runtime.events import Progress
+from .config import GlimpseTreeConfig
+
+__all__ = ["train", "temperature_at"]
+
+METHOD = "glimpse-tree"
+
+
+def temperature_at(config: GlimpseTreeConfig, epoch: int) -> float:
+    """Training temperature of ``epoch`` (0-based): infinite (uniform) during the warm-up."""
+    if epoch < config.warmup_epochs:
+        return float("inf")
+    return max(config.temperature_min, config.temperature_start * config.temperature_decay ** (epoch - config.warmup_epochs))
+
+
+@dataclasses.dataclass
+class _TrainSlide:
+    item: object
+    slide: object
+    reader: object
+    regions: list
+    label: int
+    tissue: object
+    mask: np.ndarray | None = None
+    mask_ds: float = 1.0
+
+
+def _open_slides(items, config, strategy: str):
+    from ...slides import open_slide
+    from ...slides.tissue import tissue_mask
+    from .data import tumour_mask
+    from .inference import GlimpseReader, plan_regions
+
+    out = []
+    for item in items:
+        slide = open_slide(item.path)
+        reader = GlimpseReader(slide, config)
+        tissue = tissue_mask(slide, config.tissue, max_size=256)
+        regions = plan_regions(slide.dimensions, tissue, config.region_size * reader.working_downsample)
+        mask, mask_ds = None, 1.0
+        if strategy == "supervised":
+            mask, mask_ds = tumour_mask(item, slide.dimensions)
+            label = int(mask.any()) if item.label is None else int(item.label)
+        else:
+            label = int(item.label)
+        if regions:
+            out.append(_TrainSlide(item, slide, reader, regions, label, tissue, mask, mask_ds))
+        else:
+            slide.close()
+    return out
+
+
+def _leaf_label(ts: _TrainSlide, box, config) -> int:
+    from .data import mask_fraction
+
+    if ts.mask is None:
+        return ts.label
+    return int(mask_fraction(ts.mask, ts.mask_ds, box) >= max(config.leaf_positive_fraction, 1e-9))
+
+
+def _warmup_set(slides, config, strategy, rng) -> Generator:
+    """Uniformly sampled glimpses: (images uint8 (N, S, S, 3), labels (N,), from_negative_slide (N,))."""
+    s = config.glimpse_size
+    per_class = config.warmup_glimpses
+    images, labels, neg_slide = [], [], []
+    counts = {0: 0, 1: 0}
+    want = {0: per_class, 1: per_class}
+    tries = 0
+    while (counts[0] < want[0] or counts[1] < want[1]) and tries < 40 * per_class:
+        tries += 1
+        ts = slides[int(rng.integers(len(slides)))]
+        leaf = s * ts.reader.downsample(config.levels)
+        if strategy == "supervised" and counts[1] < want[1] and ts.mask is not None and ts.mask.any() and rng.random() < 0.5:
+            rows, cols = np.nonzero(ts.mask)
+            k = int(rng.integers(len(rows)))
+            cx, cy = (cols[k] + rng.random()) * ts.mask_ds, (rows[k] + rng.random()) * ts.mask_ds
+            x0, y0 = cx - rng.uniform(0.1, 0.9) * leaf, cy - rng.uniform(0.1, 0.9) * leaf
+        else:
+            rows, cols = np.nonzero(ts.tissue.mask)
+            if len(rows) == 0:
+                continue
+            k = int(rng.integers(len(rows)))
+            cs = ts.tissue.cell_size
+            x0, y0 = (cols[k] + rng.random()) * cs - leaf / 2, (rows[k] + rng.random()) * cs - leaf / 2
+        box = (x0, y0, x0 + leaf, y0 + leaf)
+        y = _leaf_label(ts, box, config) if strategy == "supervised" else ts.label
+        if counts[y] >= want[y]:
+            continue
+        images.append(ts.reader.read(config.levels, x0, y0))
+        labels.append(y)
+        neg_slide.append(ts.label == 0)
+        counts[y] += 1
+        if len(images) % 50 == 0:
+            yield Progress("load", len(images), 2 * per_class, "reading warm-up glimpses")
+    if not counts[0] or not counts[1]:
+        raise DatasetError(f"warm-up found glimpses of one class only ({counts}); need positive and negative "
+                           "slides / annotated tumour", str(slides[0].item.path))
+    return np.stack(images), np.array(labels, np.float32), np.array(neg_slide, bool)
+
+
+def _classifier_steps(model, optimizer, scheduler, images, labels, config, gen, device):
+    """One pass of C over (images, labels) in batches; returns (sum of losses, count)."""
+    import torch
+    import torch.nn.functional as F
+
+    from ...runtime.datasets import augment_batch
+    from .inference import to_tensor
+
+    model.classifier.train()
+    total, n = 0.0, 0
+    order = torch.randperm(len(images), generator=gen).numpy()
+    for i in range(0, len(order), config.batch_size):
+        idx = np.sort(order[i : i + config.batch_size])
+        if len(idx) < 2:  # batch norm needs two samples
+            continue
+        x = to_tensor(images[idx], device)
+        if config.augment:
+            x = augment_batch(x, gen)
+        y = torch.from_numpy(labels[idx]).to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.binary_cross_entropy_with_logits(model.classify(x), y)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += loss.item() * len(idx)
+        n += len(idx)
+    model.classifier.eval()
+    return total, n
+
+
+def _policy_region(model, ts, box, rng, config, temperature, device):
+    """Eq. 5 for one region: returns the loss tensor and the number of trajectories."""
+    import torch
+
+    from .inference import classify_glimpses, to_tensor
+    from .sampling import box_means, sample_children
+
+    k, h = config.child_extent, config.child_extent // 2
+    frontier = [(box[0], box[1], [])]  # (x0, y0, kq terms along the path)
+    for level in range(config.levels):
+        images = np.stack([ts.reader.read(level, x0, y0) for x0, y0, _ in frontier])
+        q = model.q_map(level, to_tensor(images, device))
+        ds = ts.reader.downsample(level)
+        nxt = []
+        for (x0, y0, path), q_p in zip(frontier, q, strict=True):
+            centres, _, _ = sample_children(q_p.detach().double().cpu().numpy(), config.train_branching[level],
+                                            k, temperature, rng)
+            kq = box_means(q_p, centres, k)
+            for (cx, cy), v in zip(centres, kq, strict=True):
+                nxt.append((x0 + (cx - h) * ds, y0 + (cy - h) * ds, path + [v]))
+        frontier = nxt
+    leaves = np.stack([ts.reader.read(config.levels, x0, y0) for x0, y0, _ in frontier])
+    y_hat = torch.from_numpy(classify_glimpses(model, leaves)).float().to(device)
+    loss = sum(((torch.stack(path) - y) ** 2).sum() for (_, _, path), y in zip(frontier, y_hat, strict=True))
+    return loss, len(frontier)
+
+
+def _sampled_leaves(model, ts, box, region, rng, config, temperature):
+    """Leaves the current policy draws in a region: (images, level-0 boxes)."""
+    from .inference import run_tree
+
+    nodes = run_tree(model, ts.reader, box, region, rng, config.train_branching, temperature, classify=False)
+    leaves = [n for n in nodes if n.level == config.levels]
+    return [ts.reader.read(config.levels, n.box[0], n.box[1]) for n in leaves], [n.box for n in leaves]
+
+
+def _validate(model, val_items, config) -> Generator:
+    from ...runtime.training import roc_auc
+    from .api import infer_slide
+
+    scores, labels = [], []
+    for i, item in enumerate(val_items):
+        res = yield from infer_slide(model, item.path, branching=config.branching, temperature=config.temperature,
+                                     seed=config.seed, dense=False, tissue=config.tissue,
+                                     tissue_min=config.tissue_min, show_q=False)
+        scores.append(res.slide_score)
+        labels.append(item.label)
+        yield Progress("validate", i + 1, len(val_items), f"validation slide {i + 1}/{len(val_items)}")
+    return roc_auc(np.array(labels), np.array(scores))
+
+
+def train(
+    train_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    val_dir: str | os.PathLike | None = None,
+    config: GlimpseTreeConfig | None = None,
+    strategy: str | None = None,
+    resume: bool = False,
+    device: str = "auto",
+    seed: int = 0,
+    epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    **_ignored,
+) -> Generator:
+    """Train C and the policies; yields Progress, returns the best checkpoint's path.
+
+    Parameters
+    ----------
+    train_dir
+        Slides with tumour annotations (supervised) or a ``labels.csv`` (MIL); see :mod:`.data`.
+    out
+        Best checkpoint (``.safetensors``); the latest epoch goes to ``<stem>.last.safetensors``.
+    val_dir
+        Slides with ``labels.csv``: the tree's slide AUC picks the best epoch.
+    strategy
+        ``"supervised"`` or ``"mil"`` (overrides ``config.strategy``).
+    resume
+        Continue from ``<stem>.last.safetensors`` (weights, optimizer, scheduler, epoch).
+    """
+    import torch
+
+    from ...runtime.checkpoint import load_checkpoint, load_state_checked, save_checkpoint
+    from ...runtime.device import resolve_device
+    from ...runtime.training import last_path
+    from .data import find_slides
+    from .model import build_model
+
+    config = config or GlimpseTreeConfig()
+    overrides = {k: v for k, v in {"epochs": epochs, "lr": lr, "batch_size": batch_size, "strategy": strategy}.items()
+                 if v is not None}
+    config = dataclasses.replace(config, **overrides) if overrides else config
+    strategy = config.strategy
+    dev = resolve_device(device)
+    out = Path(out)
+    last = last_path(out)
+    if resume and not last.exists() and out.exists():
+        raise CheckpointError("cannot resume: this best checkpoint has no '.last' companion", out)
+
+    items = find_slides(train_dir, need="annotations" if strategy == "supervised" else "labels")
+    val_items = [i for i in find_slides(val_dir, need="labels") if i.label is not None] if val_dir else []
+    yield Progress("load", 0, len(items), "opening training slides")
+    slides = _open_slides(items, config, strategy)
+    if len({ts.label for ts in slides}) < 2:
+        raise DatasetError("training needs positive and negative slides", train_dir)
+    try:
+        warm = yield from _warmup_set(slides, config, strategy, np.random.default_rng([seed, 7]))
+        torch.manual_seed(seed)
+        model = build_model(config).to(dev)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_decay_steps, gamma=config.lr_decay)
+        start, best, history = 0, None, []
+        if resume and last.exists():
+            ckpt = load_checkpoint(last, expected_method=METHOD)
+            load_state_checked(model, ckpt)
+            if ckpt.optimizer_state is not None:
+                optimizer.load_state_dict(ckpt.optimizer_state)
+            scheduler.load_state_dict(ckpt.header.get("scheduler", {}))
+            start, best, history = ckpt.epoch, ckpt.header.get("best"), list(ckpt.header.get("history", []))
+            yield Progress("resume", start, config.epochs, f"resumed from {last} at epoch {start}")
+        summary = {"train": str(train_dir), "val": str(val_dir) if val_dir else None, "slides": len(slides),
+                   "val_slides": len(val_items), "warmup_glimpses": int(len(warm[1])),
+                   "warmup_positive": int(warm[1].sum()), "strategy": strategy, "seed": seed, "device": str(dev)}
+        for epoch in range(start, config.epochs):
+            yield from _one_epoch(model, optimizer, scheduler, slides, warm, config, strategy, epoch, seed, dev,
+                                  history)
+            record = history[-1]
+            if val_items:
+                model.eval()
+                record["val_auc"] = yield from _validate(model, val_items, config)
+                score = record["val_auc"]
+            else:
+                score = -record["loss"]
+            improved = epoch + 1 >= config.warmup_epochs and (best is None or not score <= best["score"])
+            if improved:
+                best = {"epoch": epoch + 1, "score": score}
+            header = {"classes": ["normal", "tumour"], "mpp": float(config.mpp), "epoch": epoch + 1,
+                      "training": summary, "metrics": record, "history": history, "best": best,
+                      "scheduler": scheduler.state_dict()}
+            save_checkpoint(last, method=METHOD, config=config, model_state=model.state_dict(), header=header,
+                            optimizer_state=optimizer.state_dict(), rng_state={"torch": torch.get_rng_state()})
+            if improved:
+                save_checkpoint(out, method=METHOD, config=config, model_state=model.state_dict(), header=header)
+            yield Progress("epoch", epoch + 1, config.epochs,
+                           f"epoch {epoch + 1}/{config.epochs} ({record['phase']})" + (" (best)" if improved else ""),
+                           {k: v for k, v in record.items() if isinstance(v, (int, float))})
+    finally:
+        for ts in slides:
+            ts.slide.close()
+    if not out.exists():
+        raise CheckpointError("training finished but no best checkpoint was written", out)
+    return str(out)
+
+
+def _one_epoch(model, optimizer, scheduler, slides, warm, config, strategy, epoch, seed, dev, history):
+    import torch
+
+    t0 = time.time()
+    rng = np.random.default_rng([seed, epoch, 11])
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    torch.manual_seed(seed * 7919 + epoch)
+    temperature = temperature_at(config, epoch)
+    warm_x, warm_y, warm_neg = warm
+    if epoch < config.warmup_epochs:
+        phase = "warm-up C"
+        total, n = _classifier_steps(model, optimizer, scheduler, warm_x, warm_y, config, gen, dev)
+    elif (epoch - config.warmup_epochs) % 2 == 0:
+        phase = "C"
+        images, labels = [], []
+        order = rng.permutation(len(slides))
+        for k, si in enumerate(order):
+            ts = slides[si]
+            for r, box in enumerate(ts.regions):
+                imgs, boxes = _sampled_leaves(model, ts, box, r, rng, config, temperature)
+                images += imgs
+                labels += [_leaf_label(ts, b, config) if strategy == "supervised" else ts.label for b in boxes]
+            if (k + 1) % 8 == 0:
+                yield Progress("train", k + 1, len(slides), f"epoch {epoch + 1}: sampling leaves")
+        pool = np.flatnonzero(warm_neg) if strategy == "mil" else np.arange(len(warm_y))
+        replay = rng.choice(pool, size=min(len(images), len(pool)), replace=False) if len(pool) else []
+        x = np.concatenate([np.stack(images), warm_x[replay]]) if len(replay) else np.stack(images)
+        y = np.concatenate([np.array(labels, np.float32), warm_y[replay] if strategy == "supervised"
+                            else np.zeros(len(replay), np.float32)])
+        total, n = _classifier_steps(model, optimizer, scheduler, x, y, config, gen, dev)
+    else:
+        phase = "P"
+        model.classifier.eval()
+        total, n = 0.0, 0
+        order = rng.permutation(len(slides))
+        for k, si in enumerate(order):
+            ts = slides[si]
+            for box in ts.regions:
+                model.policies.train()
+                optimizer.zero_grad(set_to_none=True)
+                loss, m = _policy_region(model, ts, box, rng, config, temperature, dev)
+                (loss / max(m, 1)).backward()
+                optimizer.step()
+                scheduler.step()
+                total += loss.item()
+                n += m
+            if (k + 1) % 8 == 0:
+                yield Progress("train", k + 1, len(slides), f"epoch {epoch + 1}: policy", {"loss": total / max(n, 1)})
+        model.policies.eval()
+    history.append({"epoch": epoch + 1, "phase": phase, "loss": total / max(n, 1), "samples": n,
+                    "temperature": temperature if np.isfinite(temperature) else None,
+                    "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - t0})

@@ -1,0 +1,193 @@
+"""Glimpse tree: sampling rules, the tree on a real (tiny) mosaic, 'All', layers, subtree, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_glimpse.methods.glimpse_tree.config import GlimpseTreeConfig, branching_for_leaves
+from napari_glimpse.methods.glimpse_tree.sampling import box_smooth, sample_children
+
+TINY = {"glimpse_size": 32, "classifier_width": 8, "policy_width": 4}
+
+
+def drive(gen):
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+@pytest.fixture(scope="module")
+def mosaics(tmp_path_factory):
+    """Four 6 x 6-cell PCam mosaics (576 px, 0.972 um/px), two with tumour."""
+    from napari_glimpse.mosaic import bundled_patches_dir, make_mosaics
+
+    out = tmp_path_factory.mktemp("glimpse_mosaics")
+    made = make_mosaics(bundled_patches_dir(), out, count=4, grid=(6, 6), seed=5, tumour_fraction=0.5,
+                        max_patches_per_class=40)
+    return out, made
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    import torch
+
+    from napari_glimpse.methods.glimpse_tree.model import build_model
+
+    torch.manual_seed(0)
+    return build_model(GlimpseTreeConfig(**TINY)).eval()
+
+
+def test_box_smooth_is_the_mean_over_the_child_box():
+    rng = np.random.default_rng(0)
+    q = rng.random((20, 20))
+    k = 6
+    kq = box_smooth(q, k)
+    assert kq.shape == (15, 15)
+    for i, j in [(0, 0), (7, 3), (14, 14)]:
+        assert kq[i, j] == pytest.approx(q[i : i + k, j : j + k].mean())
+
+
+def test_children_lie_inside_the_parent_and_do_not_repeat():
+    rng = np.random.default_rng(1)
+    q = np.random.default_rng(2).random((304, 304))
+    centres, kq, big_q = sample_children(q, 16, 76, 0.05, rng)
+    assert len(centres) == 16
+    assert (centres >= 38).all() and (centres + 38 <= 304).all()  # border zeroed
+    assert big_q[:38].max() == 0 and big_q[:, 304 - 38 + 1 :].max() == 0 and big_q[:, 266].max() > 0
+    d = np.abs(centres[:, None, :] - centres[None, :, :]).max(-1) + np.eye(16, dtype=int) * 999
+    assert d.min() >= 38  # suppression: no centre inside another child's box around its centre
+
+
+def test_low_temperature_takes_the_maximum_and_positive_sign():
+    q = np.zeros((304, 304))
+    q[200:280, 20:100] = 1.0  # the only bright place
+    for t in (0.05, 1e-4, 0.0):
+        centres, kq, _ = sample_children(q, 1, 76, t, np.random.default_rng(3))
+        x, y = centres[0]
+        slack = 10 if t > 0.01 else 0  # T = 0.05 still draws near-maximal neighbours
+        assert 58 - slack <= x <= 62 + slack and 238 - slack <= y <= 242 + slack, (t, centres)
+        assert kq[0] > (0.8 if slack else 0.999)
+    # a high temperature spreads the draws (near uniform)
+    xs = [sample_children(q, 1, 76, 100.0, np.random.default_rng(s))[0][0, 0] for s in range(30)]
+    assert np.ptp(xs) > 100
+
+
+def test_same_seed_same_children():
+    q = np.random.default_rng(4).random((64, 64))
+    a = sample_children(q, 3, 16, 0.1, np.random.default_rng(9))[0]
+    b = sample_children(q, 3, 16, 0.1, np.random.default_rng(9))[0]
+    c = sample_children(q, 3, 16, 0.1, np.random.default_rng(10))[0]
+    assert (a == b).all() and not (a == c).all()
+
+
+def test_config_branching_and_validation():
+    assert [branching_for_leaves(n, 2) for n in (4, 8, 16)] == [(2, 2), (2, 4), (4, 4)]
+    c = GlimpseTreeConfig()
+    assert (c.levels, c.glimpse_size, c.branching, c.temperature, c.leaves, c.region_size) == (
+        2, 304, (2, 4), 0.05, 8, 4864)
+    with pytest.raises(ValueError, match="branching"):
+        GlimpseTreeConfig(branching=(2, 2, 2))
+    with pytest.raises(ValueError, match="temperature"):
+        GlimpseTreeConfig(temperature=-1)
+
+
+def test_tree_on_a_slide(mosaics, tiny_model):
+    from napari_glimpse.methods.glimpse_tree.api import infer
+    from napari_glimpse.methods.glimpse_tree.tree_result import subtree
+
+    folder, made = mosaics
+    path = str(made[0].path)
+    res = drive(infer(path, model=tiny_model, leaves=8, seed=3))
+    s = res.summary
+    assert s["regions"] == 1 and s["leaves_classified"] == 8
+    assert s["patches_read"] == 1 + 2 + 8  # root, two children, eight leaves: nothing else read
+    # root at downscale 16 comes from the x4 level (never coarser), 128 px resized to 32
+    assert s["pixels_read"] == 128**2 + 2 * 32**2 + 8 * 32**2
+    assert res.slide_score == pytest.approx(max(n["score"] for n in s["tree"] if n["level"] == 2), abs=1e-4)
+    boxes = {b.metadata["level"]: b for b in res.boxes}
+    assert [len(boxes[level].boxes) for level in (0, 1, 2)] == [1, 2, 8]
+    nodes = {n["id"]: n for n in s["tree"]}
+    for n in s["tree"]:
+        if n["parent"] < 0:
+            continue
+        (x0, y0, x1, y1), (px0, py0, px1, py1) = n["box"], nodes[n["parent"]]["box"]
+        assert px0 <= x0 and x1 <= px1 and py0 <= y0 and y1 <= py1  # inside its parent
+        assert x1 - x0 == pytest.approx((px1 - px0) / 4)
+    # Q maps sit inside their parent glimpse
+    for m in res.maps:
+        box = nodes[m.metadata["node_id"]]["box"]
+        assert m.origin == pytest.approx(tuple(box[:2]))
+        assert m.data.shape[0] * m.cell_size == pytest.approx(box[2] - box[0])
+    assert len(res.lines[0].segments) == 10
+    root = [n["id"] for n in s["tree"] if n["level"] == 0][0]
+    child = [n["id"] for n in s["tree"] if n["level"] == 1][0]
+    assert len(subtree(res, root)) == 11 and len(subtree(res, child)) == 5
+    merged = {k: np.concatenate([b.properties[k] for b in res.boxes]) for k in ("node_id", "parent_id")}
+    assert subtree(s["tree"], child) == subtree(merged, child)
+    # deterministic per seed
+    again = drive(infer(path, model=tiny_model, leaves=8, seed=3)).summary["tree"]
+    other = drive(infer(path, model=tiny_model, leaves=8, seed=4)).summary["tree"]
+    assert again == s["tree"] and other != s["tree"]
+
+
+def test_subtree_forms():
+    from napari_glimpse.methods.glimpse_tree.tree_result import subtree
+
+    table = {0: -1, 1: 0, 2: 0, 3: 1, 4: 1, 5: 2}
+    assert subtree(table, 1) == [1, 3, 4]
+    assert subtree({"node_id": [0, 1, 2, 3], "parent_id": [-1, 0, 0, 2]}, 2) == [2, 3]
+    assert subtree([{"id": 0, "parent": -1}, {"id": 7, "parent": 0}], 0) == [0, 7]
+    with pytest.raises(KeyError):
+        subtree(table, 42)
+
+
+def test_all_baseline_and_layers(mosaics, tiny_model):
+    from napari_glimpse.layers import result_to_layers
+    from napari_glimpse.methods.glimpse_tree.api import infer
+
+    folder, made = mosaics
+    res = drive(infer(str(made[0].path), model=tiny_model, dense=True))
+    (m,) = res.maps
+    assert m.data.shape == (16, 16) and m.cell_size == 32
+    n = int(np.isfinite(m.data).sum())
+    assert res.summary["patches_read"] == n > 0
+    assert res.slide_score == pytest.approx(np.nanmax(m.data))
+    tree = drive(infer(str(made[0].path), model=tiny_model, leaves=4))
+    layers = result_to_layers(tree)
+    kinds = [t[2] for t in layers]
+    assert kinds.count("image") == 3 and kinds.count("shapes") == 4  # Q maps, edges, 3 box levels
+    leaf = [t for t in layers if t[1]["metadata"].get("level") == 2 and t[2] == "shapes"][0]
+    assert {"node_id", "parent_id", "level", "score"} <= set(leaf[1]["features"])
+    assert leaf[1]["metadata"]["glimpse_tree"] == tree.summary["result_id"]
+
+
+def test_registry_and_cli(mosaics, tiny_model, tmp_path, capsys):
+    from napari_glimpse.cli import main
+    from napari_glimpse.methods import get_method
+    from napari_glimpse.runtime.checkpoint import save_checkpoint
+
+    spec = get_method("glimpse-tree")
+    assert spec.config_cls is GlimpseTreeConfig and spec.infer and spec.train and spec.evaluate
+    folder, made = mosaics
+    ckpt = save_checkpoint(tmp_path / "tiny.safetensors", method="glimpse-tree", config=tiny_model.config,
+                           model_state=tiny_model.state_dict())
+    out = tmp_path / "out"
+    rc = main(["infer", "glimpse-tree", "--checkpoint", ckpt, "--leaves", "4", "--temperature", "0.1",
+               "--seed", "2", "--quiet", str(made[1].path), "--out", str(out)])
+    assert rc == 0
+    summary = json.loads((out / made[1].name / "summary.json").read_text())
+    assert summary["summary"]["leaves"] == 4 if "summary" in summary else summary["leaves"] == 4
+    flat = summary.get("summary", summary)
+    for key in ("seconds", "patches_read", "pixels_read"):
+        assert flat[key] > 0
+    assert (out / made[1].name / "boxes.geojson").exists()
+    capsys.readouterr()
+    rc = main(["evaluate", "glimpse-tree", "--checkpoint", ckpt, "--data", str(folder), "--leaves", "4"])
+    assert rc == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["n"] == 4 and 0.0 <= metrics["auc"] <= 1.0 and metrics["seconds_per_slide"] > 0
