@@ -13,6 +13,17 @@ from napari_glimpse.methods.glimpse_tree.sampling import box_smooth, sample_chil
 TINY = {"glimpse_size": 32, "classifier_width": 8, "policy_width": 4}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks run fastest on one thread (two contend on a shared 2-core machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def drive(gen):
     while True:
         try:

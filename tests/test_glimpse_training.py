@@ -1,0 +1,73 @@
+"""Glimpse-tree training on tiny mosaics: both strategies run, checkpoints load, resume is exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_glimpse_tree import TINY, drive, mosaics, one_thread  # noqa: F401  (fixtures)
+
+from napari_glimpse.errors import DatasetError
+from napari_glimpse.methods.glimpse_tree.config import GlimpseTreeConfig
+
+SMALL = {**TINY, "epochs": 3, "warmup_epochs": 1, "warmup_glimpses": 6, "batch_size": 4}
+
+
+def _run(gen, stop_after_epoch: int | None = None):
+    events = []
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            return stop.value, events
+        events.append(ev)
+        if stop_after_epoch is not None and ev.stage == "epoch" and ev.done == stop_after_epoch:
+            gen.close()  # as a GUI cancel does
+            return None, events
+
+
+@pytest.mark.parametrize("strategy", ["supervised", "mil"])
+def test_training_runs_and_alternates(mosaics, tmp_path, strategy):  # noqa: F811
+    from napari_glimpse.methods import get_method
+    from napari_glimpse.runtime.checkpoint import load_checkpoint
+
+    folder, _ = mosaics
+    spec = get_method("glimpse-tree")
+    out, events = _run(spec.train(folder, tmp_path / "m.safetensors", val_dir=folder, strategy=strategy,
+                                  config=GlimpseTreeConfig(**SMALL)))
+    epochs = [e for e in events if e.stage == "epoch"]
+    assert [e.metrics.get("epoch") for e in epochs] == [1, 2, 3]
+    assert "(warm-up C)" in epochs[0].message and "(C)" in epochs[1].message and "(P)" in epochs[2].message
+    assert all(np.isfinite(e.metrics["loss"]) for e in epochs)
+    ckpt = load_checkpoint(out, expected_method="glimpse-tree")
+    assert ckpt.config["strategy"] == strategy
+    model, config, _ = spec.load_model(out, "cpu")
+    assert config.glimpse_size == 32 and len(model.policies) == 2
+
+
+def test_resume_is_exact(mosaics, tmp_path):  # noqa: F811
+    from napari_glimpse.methods.glimpse_tree.training import train
+    from napari_glimpse.runtime.checkpoint import load_checkpoint
+    from napari_glimpse.runtime.training import last_path
+
+    folder, _ = mosaics
+    cfg = GlimpseTreeConfig(**SMALL)
+    full = tmp_path / "full.safetensors"
+    _run(train(folder, full, config=cfg))
+    part = tmp_path / "part.safetensors"
+    _run(train(folder, part, config=cfg), stop_after_epoch=2)
+    assert load_checkpoint(last_path(part)).epoch == 2
+    _, events = _run(train(folder, part, config=cfg, resume=True))
+    assert events[[e.stage for e in events].index("resume")].done == 2
+    a, b = load_checkpoint(last_path(full)).model_state, load_checkpoint(last_path(part)).model_state
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_supervised_needs_annotations(tmp_path):
+    from napari_glimpse.methods.glimpse_tree.training import train
+
+    (tmp_path / "a.tif").write_bytes(b"")
+    (tmp_path / "labels.csv").write_text("slide,label\na,1\n")
+    with pytest.raises(DatasetError, match="annotations"):
+        drive(train(tmp_path, tmp_path / "o.safetensors", config=GlimpseTreeConfig(**SMALL)))
