@@ -291,6 +291,14 @@ def test_cancel_stops_at_the_next_yield(make_napari_viewer, qtbot, tiny_mosaic, 
     assert len(viewer.layers) == n_before  # nothing added
     assert w.run_button.enabled and not w.cancel_button.enabled
 
+    # Closing the viewer mid-run stops the model too (and nothing touches deleted widgets).
+    from qtpy.QtCore import QThreadPool
+
+    w.run()
+    qtbot.waitUntil(lambda: len(yields) > at_cancel + 5, timeout=10_000)
+    viewer.close()
+    assert QThreadPool.globalInstance().waitForDone(5000)  # the worker thread ended
+
 
 @pytest.mark.gui
 def test_broken_checkpoint_notifies_and_viewer_keeps_working(

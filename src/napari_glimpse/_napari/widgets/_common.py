@@ -61,6 +61,17 @@ def start_generator(
     return worker
 
 
+def abandon(worker) -> None:
+    """Quit a worker whose widget is gone: cut its signals first, so that reports still
+    queued do not reach deleted Qt widgets."""
+    for name in ("yielded", "returned", "errored", "finished", "aborted"):
+        try:
+            getattr(worker, name).disconnect()
+        except (TypeError, RuntimeError):  # nothing connected
+            continue
+    worker.quit()
+
+
 def error_message(exc: BaseException) -> str:
     """One line for a notification: GlimpseError already names the file."""
     if isinstance(exc, GlimpseError):

@@ -17,6 +17,7 @@ from . import _methods
 from ._common import (
     DEVICES,
     RecentCheckpoints,
+    abandon,
     layers_of_type,
     notify_error,
     replace_layers,
@@ -93,6 +94,8 @@ class InferenceWidget(Container):
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.recent.changed.connect(self.checkpoint.reset_choices)
+        # A closed dock (or viewer) must not leave a model running in the background.
+        self.native.destroyed.connect(self._quit_quietly)
         if viewer is not None:
             # napari resets a dock widget's choices when layers change; a docked widget does
             # too, but a widget made in code and not docked would not see new slides.
@@ -127,6 +130,8 @@ class InferenceWidget(Container):
         cls, include = _methods.inference_form_source(spec) if spec else (None, None)
         self.params.set_config(cls, include)
         self.checkpoint.reset_choices()
+        if spec is not None and not self.checkpoint.choices:
+            self.status.value = "no checkpoint yet: train one or choose a file"
 
     def _on_file_picked(self, path) -> None:
         path = str(path)
@@ -137,6 +142,7 @@ class InferenceWidget(Container):
             self._picked.insert(0, path)
         self.checkpoint.reset_choices()
         self.checkpoint.value = path
+        self.status.value = ""
 
     # ------------------------------------------------------------------- region
 
@@ -203,6 +209,12 @@ class InferenceWidget(Container):
                                       on_error=self._on_error, on_finished=self._on_finished,
                                       on_aborted=lambda: setattr(self.status, "value", "cancelled"))
         return self.worker
+
+    def _quit_quietly(self, *_) -> None:
+        # Qt may report the destruction while Python is already tearing the widget down.
+        worker = getattr(self, "worker", None)
+        if worker is not None:
+            abandon(worker)
 
     def cancel(self, _=None) -> None:
         """Stop at the next yield (the generators yield per batch)."""

@@ -24,7 +24,7 @@ from magicgui.widgets import (
 )
 
 from . import _methods
-from ._common import DEVICES, RecentCheckpoints, notify_error, start_generator
+from ._common import DEVICES, RecentCheckpoints, abandon, notify_error, start_generator
 from ._form import ConfigForm, _float_step
 from ._plots import CurvePlot
 
@@ -79,6 +79,8 @@ class TrainingWidget(Container):
                      self.method_options, self.device, self.output, self.resume, self.start_button,
                      self.cancel_button, self.resume_button, self.progress, self.status])
         self.native.layout().addWidget(self.curves)
+        # A closed dock (or viewer) must not leave training running in the background.
+        self.native.destroyed.connect(self._quit_quietly)
 
         self.method.changed.connect(self._on_method)
         self.start_button.changed.connect(lambda _=None: self.start())
@@ -163,6 +165,12 @@ class TrainingWidget(Container):
                   "learning_rate": self.learning_rate.value, "batch_size": self.batch_size.value,
                   **self.method_options.values()}
         return cls(**{k: v for k, v in values.items() if k in names})
+
+    def _quit_quietly(self, *_) -> None:
+        # Qt may report the destruction while Python is already tearing the widget down.
+        worker = getattr(self, "worker", None)
+        if worker is not None:
+            abandon(worker)
 
     def cancel(self, _=None) -> None:
         """Stop at the next yield (after the current batch); the last saved epoch remains."""
