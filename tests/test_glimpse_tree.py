@@ -202,3 +202,17 @@ def test_registry_and_cli(mosaics, tiny_model, tmp_path, capsys):
     assert rc == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["n"] == 4 and 0.0 <= metrics["auc"] <= 1.0 and metrics["seconds_per_slide"] > 0
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "inception_v3"])
+def test_paper_backbones_have_torchvision_names(backbone):
+    import torch
+
+    from napari_glimpse.methods.glimpse_tree.model import build_model
+
+    model = build_model(GlimpseTreeConfig(backbone=backbone)).eval()
+    keys = set(model.classifier.backbone.state_dict())
+    first = "conv1.weight" if backbone == "resnet18" else "Conv2d_1a_3x3.conv.weight"
+    assert first in keys and "fc.weight" in keys
+    with torch.no_grad():
+        assert model.classify(torch.rand(1, 3, 80, 80)).shape == (1,)

@@ -50,13 +50,15 @@ def select_subtree(viewer, result_id: str, node_id: int) -> list[int]:
     layers = list(_result_layers(viewer, result_id))
     table = {}
     for layer in layers:
+        if layer.metadata.get("glimpse_role") != "boxes":
+            continue
         feats = layer.features
-        if layer.metadata.get("glimpse_role") == "boxes" and "node_id" in feats and "parent_id" in feats:
+        if "node_id" in feats and "parent_id" in feats:
             table.update(zip(map(int, feats["node_id"]), map(int, feats["parent_id"]), strict=True))
     ids = set(subtree(table, node_id))
     for layer in layers:
         role = layer.metadata.get("glimpse_role")
-        if role in ("boxes", "edges") and "node_id" in layer.features:
+        if role in ("boxes", "edges") and "node_id" in getattr(layer, "features", {}):
             layer.selected_data = {i for i, n in enumerate(layer.features["node_id"]) if int(n) in ids}
         elif role == "q_map":
             layer.visible = int(layer.metadata.get("node_id", -1)) in ids

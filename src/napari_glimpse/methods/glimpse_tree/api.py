@@ -135,7 +135,7 @@ def infer_slide(model, slide_path, *, branching, temperature, seed, dense, tissu
     model.eval()
     with open_slide(slide_path) as slide:
         reader = GlimpseReader(slide, config)
-        mask = tissue_mask(slide, tissue, max_size=1024)
+        mask = tissue_mask(slide, tissue, max_size=config.tissue_size)
         region_px = config.region_size * reader.working_downsample
         boxes = plan_regions(slide.dimensions, mask, region_px, within=region)
         result_id = f"{os.path.basename(str(slide_path))}:{'all' if dense else 'tree'}:{seed}:{time.time_ns()}"

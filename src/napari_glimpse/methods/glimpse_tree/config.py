@@ -64,7 +64,10 @@ class GlimpseTreeConfig:
                      group="inference")
     tissue: str = _f("otsu", "tissue mask: otsu (saturation) or grey (MagNets' grey filter)",
                      choices=("otsu", "grey"), group="inference")
-    tissue_min: float = _f(0.01, "'All': skip leaf tiles with less tissue than this fraction",
+    tissue_size: int = _f(256, "tissue mask long side in pixels (computed on a low-resolution level)",
+                          min=16, max=8192, group="inference")
+    tissue_min: float = _f(0.0, "'All': skip leaf tiles with less tissue than this fraction "
+                           "(0 classifies every tile of the regions, the paper's All)",
                            min=0.0, max=1.0, group="inference")
     # --- data / resolution ---------------------------------------------------------------
     mpp: float = _f(0.972, "working resolution (leaf glimpses) in um/px", min=0.05, max=20.0, group="data")
@@ -86,6 +89,8 @@ class GlimpseTreeConfig:
     batch_size: int = _f(16, "glimpses per classifier step", min=1, max=4096, group="training")
     train_branching: tuple[int, ...] = _f((2, 4), "branching while training (leaves drawn per region)",
                                           group="training")
+    policy_passes: int = _f(1, "passes over the training regions per policy epoch (policy steps are cheap)",
+                            min=1, max=100, group="training")
     temperature_start: float = _f(1.0, "training temperature at the first alternating epoch (near uniform)",
                                   min=1e-4, max=100.0, group="training")
     temperature_decay: float = _f(0.75, "training temperature factor per epoch", min=0.01, max=1.0, group="training")

@@ -213,7 +213,8 @@ def run_tree(model, reader: GlimpseReader, root_box, region: int, rng: np.random
 
 def run_all(model, reader: GlimpseReader, root_box, tissue, tissue_min: float, batch_size: int = 32
             ) -> np.ndarray:
-    """'All': C on every leaf-sized tile of a region with tissue; (n, n) probabilities, NaN = skipped."""
+    """'All': C on every leaf-sized tile of a region ((n, n) probabilities), or only on tiles with at
+    least ``tissue_min`` tissue (NaN where skipped)."""
     cfg = reader.config
     s = cfg.glimpse_size
     n = cfg.level_scale**cfg.levels
@@ -221,7 +222,7 @@ def run_all(model, reader: GlimpseReader, root_box, tissue, tissue_min: float, b
     x0, y0 = root_box[0], root_box[1]
     out = np.full((n, n), np.nan)
     for r in range(n):
-        keep = [c for c in range(n) if tissue is None
+        keep = [c for c in range(n) if tissue is None or tissue_min <= 0
                 or tissue.fraction(x0 + c * tile, y0 + r * tile, x0 + (c + 1) * tile, y0 + (r + 1) * tile) >= tissue_min]
         if not keep:
             continue

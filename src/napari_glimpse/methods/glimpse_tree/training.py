@@ -65,7 +65,7 @@ def _open_slides(items, config, strategy: str):
     for item in items:
         slide = open_slide(item.path)
         reader = GlimpseReader(slide, config)
-        tissue = tissue_mask(slide, config.tissue, max_size=256)
+        tissue = tissue_mask(slide, config.tissue, max_size=config.tissue_size)
         regions = plan_regions(slide.dimensions, tissue, config.region_size * reader.working_downsample)
         mask, mask_ds = None, 1.0
         if strategy == "supervised":
@@ -347,7 +347,7 @@ def _one_epoch(model, optimizer, scheduler, slides, warm, config, strategy, epoc
         phase = "P"
         model.classifier.eval()
         total, n = 0.0, 0
-        order = rng.permutation(len(slides))
+        order = np.concatenate([rng.permutation(len(slides)) for _ in range(config.policy_passes)])
         for k, si in enumerate(order):
             ts = slides[si]
             for box in ts.regions:
@@ -360,7 +360,7 @@ def _one_epoch(model, optimizer, scheduler, slides, warm, config, strategy, epoc
                 total += loss.item()
                 n += m
             if (k + 1) % 8 == 0:
-                yield Progress("train", k + 1, len(slides), f"epoch {epoch + 1}: policy", {"loss": total / max(n, 1)})
+                yield Progress("train", k + 1, len(order), f"epoch {epoch + 1}: policy", {"loss": total / max(n, 1)})
         model.policies.eval()
     history.append({"epoch": epoch + 1, "phase": phase, "loss": total / max(n, 1), "samples": n,
                     "temperature": temperature if np.isfinite(temperature) else None,

@@ -1,0 +1,141 @@
+"""Table 1 of the glimpse-tree paper on PCam mosaics: slide AUC and seconds per slide.
+
+For N_G in {4, 8, 16} x T in {0.05, 0.1} (10 repetitions with seeds 0..9, mean and SD of the
+AUC) and for 'All' (C on every leaf-sized tile of the same regions, and a second row skipping
+tiles with less than ``--tissue-min`` tissue; deterministic, timed over ``--all-reps`` runs), for the supervised and the MIL model. Seconds are wall-clock per slide
+and include opening the slide, the tissue mask and reading every glimpse; loading the model
+is done once and not counted. Runs of all settings are interleaved slide by slide, so a
+change of machine load hits every setting alike.
+
+    python benchmarks/table1_glimpse.py --data runs/glimpse/val --json bench-out/table1.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _drive(gen):
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="runs/glimpse/val", help="slides + labels.csv")
+    p.add_argument("--supervised", default="supervised", help="checkpoint (default: shipped supervised)")
+    p.add_argument("--mil", default="mil", help="checkpoint (default: shipped MIL)")
+    p.add_argument("--leaves", type=int, nargs="+", default=[4, 8, 16])
+    p.add_argument("--temperatures", type=float, nargs="+", default=[0.05, 0.1])
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--all-reps", type=int, default=1, help="timed runs of 'All' (its AUC is deterministic)")
+    p.add_argument("--tissue-min", type=float, default=0.01,
+                   help="tissue fraction of the second 'All' row (tiles with less are skipped)")
+    p.add_argument("--limit", type=int, help="first N slides only")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--json", help="write all numbers here")
+    p.add_argument("--markdown", help="write the table here too")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from napari_glimpse.methods.glimpse_tree.api import evaluate, infer, load_model  # noqa: F401
+    from napari_glimpse.methods.glimpse_tree.data import find_slides
+    from napari_glimpse.runtime.training import roc_auc
+
+    torch.set_num_threads(args.threads)
+    items = [i for i in find_slides(args.data, need="labels") if i.label is not None]
+    if args.limit:
+        items = items[: args.limit]
+    labels = np.array([i.label for i in items])
+    models = {}
+    for name, ckpt in (("supervised", args.supervised), ("mil", args.mil)):
+        model, _, loaded = load_model(ckpt, "cpu")
+        models[name] = (model, loaded.path)
+    settings = [(t, n) for t in args.temperatures for n in args.leaves] + [("all", None), ("all-tissue", None)]
+    # scores[model][setting][rep][slide], seconds / patches likewise
+    scores = {m: {s: np.full((args.reps, len(items)), np.nan) for s in settings} for m in models}
+    secs = {m: {s: np.full((args.reps, len(items)), np.nan) for s in settings} for m in models}
+    patches = {m: {s: np.full((args.reps, len(items)), np.nan) for s in settings} for m in models}
+    t_start = time.time()
+    for rep in range(args.reps):
+        for k, item in enumerate(items):
+            for mname, (model, _) in models.items():
+                for s in settings:
+                    if isinstance(s[0], str):  # the two All rows
+                        if rep >= args.all_reps:
+                            continue
+                        gen = infer(item.path, model=model, dense=True, show_q=False,
+                                    tissue_min=args.tissue_min if s[0] == "all-tissue" else 0.0)
+                    else:
+                        gen = infer(item.path, model=model, leaves=s[1], temperature=s[0], seed=rep, show_q=False)
+                    res = _drive(gen)
+                    scores[mname][s][rep, k] = res.slide_score
+                    secs[mname][s][rep, k] = res.summary["seconds"]
+                    patches[mname][s][rep, k] = res.summary["patches_read"]
+        print(f"repetition {rep + 1}/{args.reps} done ({time.time() - t_start:.0f} s)", file=sys.stderr, flush=True)
+
+    rows = {}
+    for mname in models:
+        for s in settings:
+            n_reps = args.all_reps if isinstance(s[0], str) else args.reps
+            aucs = [roc_auc(labels, scores[mname][s][r]) for r in range(n_reps)]
+            per_rep_time = np.nanmean(secs[mname][s][:n_reps], axis=1)
+            key = _key(s)
+            rows.setdefault(key, {})[mname] = {
+                "auc_mean": float(np.mean(aucs)), "auc_sd": float(np.std(aucs)), "aucs": aucs,
+                "seconds_per_slide": float(np.mean(per_rep_time)), "seconds_sd": float(np.std(per_rep_time)),
+                "patches_per_slide": float(np.nanmean(patches[mname][s][:n_reps])),
+            }
+    for row in rows.values():
+        for mname, r in row.items():
+            r["speedup_vs_all"] = rows["all"][mname]["seconds_per_slide"] / r["seconds_per_slide"]
+    table = _markdown(rows, settings, len(items), int(labels.sum()), args)
+    print(table)
+    meta = {"data": str(args.data), "slides": len(items), "positive": int(labels.sum()), "reps": args.reps,
+            "all_reps": args.all_reps, "threads": args.threads, "checkpoints": {m: v[1] for m, v in models.items()},
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared)",
+            "python": platform.python_version(), "torch": torch.__version__,
+            "elapsed_s": time.time() - t_start}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    return 0
+
+
+def _key(s) -> str:
+    return s[0] if isinstance(s[0], str) else f"T={s[0]} N_G={s[1]}"
+
+
+def _markdown(rows, settings, n, n_pos, args) -> str:
+    out = [f"Slide AUC (mean ± SD over {args.reps} seeds; 'All' is deterministic) and seconds per slide on "
+           f"{n} mosaics ({n_pos} with tumour), CPU, {args.threads} torch thread(s).", "",
+           "| T | N_G | AUC MIL | AUC supervised | s / slide MIL | s / slide supervised | speed-up vs All (sup.) "
+           "| glimpses read (sup.) |",
+           "|---|---|---|---|---|---|---|---|"]
+    for s in settings:
+        key = _key(s)
+        m, su = rows[key]["mil"], rows[key]["supervised"]
+        t_col, n_col = {"all": ("–", "All"), "all-tissue": ("–", f"All, tiles with ≥ {args.tissue_min:g} tissue")
+                        }.get(s[0]) or (f"{s[0]:g}", str(s[1]))
+        out.append(f"| {t_col} | {n_col} | {m['auc_mean']:.4f} ± {m['auc_sd']:.4f} | "
+                   f"{su['auc_mean']:.4f} ± {su['auc_sd']:.4f} | {m['seconds_per_slide']:.3f} | "
+                   f"{su['seconds_per_slide']:.3f} | {su['speedup_vs_all']:.1f}x | {su['patches_per_slide']:.0f} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
