@@ -343,31 +343,57 @@ def test_replace_layers_keeps_other_runs(make_napari_viewer):
     assert {lyr.metadata["glimpse_run"] for lyr in viewer.layers} == {"a", "b"}
 
 
-@pytest.mark.gui
-def test_training_one_epoch_checkpoint_appears_in_inference_widget(
-    make_napari_viewer, qtbot, tmp_path, celnet_spec
-):
-    from napari_glimpse._napari.widgets import InferenceWidget, TrainingWidget
-
-    for split in ("train", "valid"):
+@pytest.fixture
+def patch_dirs(tmp_path) -> Path:
+    """tmp_path/{train,valid}/{0,1}: 4 + 4 real PCam training patches, 2 + 2 validation."""
+    for split, n in (("train", 4), ("valid", 2)):
         for c in ("0", "1"):
             dest = tmp_path / split / c
             dest.mkdir(parents=True)
-            src = sorted((PCAM.parent / split / c).glob("*.jpg"))[:4 if split == "train" else 2]
-            for f in src:
+            for f in sorted((PCAM.parent / split / c).glob("*.jpg"))[:n]:
                 shutil.copy(f, dest / f.name)
-    viewer = make_napari_viewer()
-    _, inference = viewer.window.add_plugin_dock_widget("napari-glimpse", "Run model")
+    return tmp_path
+
+
+def make_training_widget(viewer, patch_dirs, out):
+    from napari_glimpse._napari.widgets import TrainingWidget
+
     _, training = viewer.window.add_plugin_dock_widget("napari-glimpse", "Train model")
-    assert isinstance(inference, InferenceWidget) and isinstance(training, TrainingWidget)
+    assert isinstance(training, TrainingWidget)
     training.method.value = "celnet"
-    training.data[0].value = tmp_path / "train"
-    training.data[1].value = tmp_path / "valid"
+    training.data[0].value = patch_dirs / "train"
+    training.data[1].value = patch_dirs / "valid"
     training.epochs.value = 1
     training.batch_size.value = 4
     training.device.value = "cpu"
-    out = tmp_path / "trained.safetensors"
     training.output.value = out
+    return training
+
+
+@pytest.mark.gui
+def test_training_cancel_stops_after_a_batch(make_napari_viewer, qtbot, patch_dirs, celnet_spec):
+    viewer = make_napari_viewer()
+    training = make_training_widget(viewer, patch_dirs, patch_dirs / "c.safetensors")
+    training.epochs.value = 1000
+    assert training.start() is not None
+    qtbot.waitUntil(lambda: "loss" in training.curves.series, timeout=60_000)
+    training.cancel_button.changed.emit(True)
+    qtbot.waitUntil(lambda: training.worker is None, timeout=30_000)
+    assert training.status.value == "cancelled"
+    assert training.last_checkpoint is None
+    assert training.start_button.enabled and training.resume_button.enabled
+
+
+@pytest.mark.gui
+def test_training_one_epoch_checkpoint_appears_in_inference_widget(
+    make_napari_viewer, qtbot, patch_dirs, celnet_spec
+):
+    from napari_glimpse._napari.widgets import InferenceWidget
+
+    viewer = make_napari_viewer()
+    _, inference = viewer.window.add_plugin_dock_widget("napari-glimpse", "Run model")
+    assert isinstance(inference, InferenceWidget)
+    training = make_training_widget(viewer, patch_dirs, patch_dirs / "trained.safetensors")
     for name, value in TINY.items():  # keep the network tiny where the form allows it
         if name in training.method_options.values():
             getattr(training.method_options, name).value = value
@@ -378,7 +404,7 @@ def test_training_one_epoch_checkpoint_appears_in_inference_widget(
     assert training.status.value.startswith("saved")
     assert "loss" in training.curves.series
     assert str(Path(training.last_checkpoint).resolve()) in inference.checkpoint.choices
-    recent = json.loads((tmp_path / "config" / "recent_checkpoints.json").read_text())
+    recent = json.loads((patch_dirs / "config" / "recent_checkpoints.json").read_text())
     assert recent["checkpoints"][0]["method"] == "celnet"
     training.native.grab().save("/tmp/widgets-train-shot.png")
 
