@@ -54,8 +54,9 @@ def load_model(checkpoint: str | os.PathLike | None = None, device: str | None =
 
 
 def _resolve(config: GlimpseTreeConfig, branching, leaves, temperature, seed, dense, tissue, tissue_min):
-    branching = tuple(branching) if branching else (
-        branching_for_leaves(int(leaves), config.levels) if leaves else config.branching)
+    if leaves:  # N_G wins over an explicit branching (the GUI form always sends one)
+        branching = branching_for_leaves(int(leaves), config.levels)
+    branching = tuple(int(b) for b in branching) if branching else config.branching
     if len(branching) != config.levels:
         raise ValueError(f"branching {branching} needs {config.levels} entries (the model has L={config.levels})")
     return (branching, config.temperature if temperature is None else float(temperature),
@@ -90,7 +91,7 @@ def infer(
     region
         Level-0 box (x0, y0, x1, y1) to restrict the regions to.
     leaves
-        N_G; split into the branching per level (8 -> (2, 4)). 0 keeps ``branching``.
+        N_G; split into the branching per level (8 -> (2, 4)); overrides ``branching``. 0 keeps it.
     branching, temperature, seed, dense, tissue, tissue_min
         Override the checkpoint config's inference fields; ``dense`` runs 'All'.
     model

@@ -89,6 +89,8 @@ class GlimpseTreeConfig:
     batch_size: int = _f(16, "glimpses per classifier step", min=1, max=4096, group="training")
     train_branching: tuple[int, ...] = _f((2, 4), "branching while training (leaves drawn per region)",
                                           group="training")
+    policy_branching: tuple[int, ...] = _f((4, 8), "branching in policy epochs: more trajectories per region "
+                                           "for eq. 5 (leaves are only scored, not trained)", group="training")
     policy_passes: int = _f(1, "passes over the training regions per policy epoch (policy steps are cheap)",
                             min=1, max=100, group="training")
     temperature_start: float = _f(1.0, "training temperature at the first alternating epoch (near uniform)",
@@ -98,7 +100,7 @@ class GlimpseTreeConfig:
     augment: bool = _f(True, "random 90-degree rotations and flips of classifier glimpses", group="training")
 
     def __post_init__(self):
-        for name in ("branching", "train_branching"):
+        for name in ("branching", "train_branching", "policy_branching"):
             value = getattr(self, name)
             value = (value,) if isinstance(value, int) else tuple(int(v) for v in value)
             if len(value) != self.levels or any(v < 1 for v in value):

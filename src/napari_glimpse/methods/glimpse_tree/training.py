@@ -6,7 +6,9 @@ in the tissue, labelled with their slide's label), then C and the policies alter
 epoch. A C epoch runs the tree at the current temperature and trains C on the sampled
 leaves (supervised: labels from the annotation mask; MIL: the slide label), mixed with as many
 glimpses replayed from the warm-up set (MIL replays only glimpses of negative slides, the
-only ones whose label is certainly right). A P epoch runs the tree with gradients through q
+only ones whose label is certainly right). A P epoch (``policy_passes`` passes over the
+regions, ``policy_branching`` children per glimpse: policy steps are cheap, and more
+trajectories give eq. 5 more terms per U-Net pass) runs the tree with gradients through q
 and minimises eq. 5: for every root-to-leaf trajectory, the sum over levels of
 ((K * q_l)(c_{l+1}) - y_hat_leaf)^2 with y_hat C's score. The temperature starts high (near
 uniform sampling) and decays by ``temperature_decay`` per alternating epoch down to
@@ -173,7 +175,7 @@ def _policy_region(model, ts, box, rng, config, temperature, device):
         ds = ts.reader.downsample(level)
         nxt = []
         for (x0, y0, path), q_p in zip(frontier, q, strict=True):
-            centres, _, _ = sample_children(q_p.detach().double().cpu().numpy(), config.train_branching[level],
+            centres, _, _ = sample_children(q_p.detach().double().cpu().numpy(), config.policy_branching[level],
                                             k, temperature, rng)
             kq = box_means(q_p, centres, k)
             for (cx, cy), v in zip(centres, kq, strict=True):
