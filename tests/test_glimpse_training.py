@@ -71,3 +71,17 @@ def test_supervised_needs_annotations(tmp_path):
     (tmp_path / "labels.csv").write_text("slide,label\na,1\n")
     with pytest.raises(DatasetError, match="annotations"):
         drive(train(tmp_path, tmp_path / "o.safetensors", config=GlimpseTreeConfig(**SMALL)))
+
+
+def test_cli_train_mil(mosaics, tmp_path, capsys):  # noqa: F811
+    from napari_glimpse.cli import main
+    from napari_glimpse.runtime.checkpoint import load_checkpoint
+
+    folder, _ = mosaics
+    out = tmp_path / "cli.safetensors"
+    sets = [f"--set={k}={v}" for k, v in {**SMALL, "epochs": 2}.items()]
+    rc = main(["train", "glimpse-tree", "--strategy", "mil", "--data", str(folder), "--val", str(folder),
+               "--out", str(out), *sets])
+    assert rc == 0
+    assert "epoch 2/2" in capsys.readouterr().out
+    assert load_checkpoint(out).config["strategy"] == "mil"
