@@ -87,33 +87,37 @@ class GlimpseReader:
 
     def read(self, level: int, x0: float, y0: float, size: int | None = None) -> np.ndarray:
         """``size`` x ``size`` glimpse pixels (default glimpse_size) at tree level ``level``."""
-        from PIL import Image
-
         size = size or self.config.glimpse_size
-        ds = self.downsample(level)
-        pl = self.pyramid_level(ds)
-        lds = float(self.slide.levels[pl].downsample)
-        n = max(1, round(size * ds / lds))
-        img = np.asarray(self.slide.read_region((int(round(x0)), int(round(y0))), pl, (n, n)))[..., :3]
         self.patches_read += 1
-        self.pixels_read += n * n
-        if n != size:
-            img = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((size, size), Image.BILINEAR))
-        return np.ascontiguousarray(img)
+        return self.read_strip(level, x0, y0, size, size)
 
     def read_strip(self, level: int, x0: float, y0: float, width: int, height: int) -> np.ndarray:
-        """A ``width`` x ``height`` (glimpse pixels) block at ``level``: for the 'All' baseline."""
+        """A ``width`` x ``height`` block of glimpse pixels at tree ``level`` (level-0 corner x0, y0).
+
+        Only the part inside the slide is read (from the chosen pyramid level) and resized to
+        glimpse pixels; the rest is white, as the slide reader fills it.
+        """
         from PIL import Image
 
         ds = self.downsample(level)
         pl = self.pyramid_level(ds)
         lds = float(self.slide.levels[pl].downsample)
-        w, h = max(1, round(width * ds / lds)), max(1, round(height * ds / lds))
-        img = np.asarray(self.slide.read_region((int(round(x0)), int(round(y0))), pl, (w, h)))[..., :3]
-        self.pixels_read += w * h
-        if (w, h) != (width, height):
-            img = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((width, height), Image.BILINEAR))
-        return np.ascontiguousarray(img)
+        w0, h0 = self.slide.dimensions
+        # the requested box, clipped to the slide, in output (glimpse) pixels
+        ox0, oy0 = max(0, math.ceil(-x0 / ds)), max(0, math.ceil(-y0 / ds))
+        ox1, oy1 = min(width, math.floor((w0 - x0) / ds)), min(height, math.floor((h0 - y0) / ds))
+        out = np.full((height, width, 3), 255, np.uint8)
+        if ox1 <= ox0 or oy1 <= oy0:
+            return out
+        ow, oh = ox1 - ox0, oy1 - oy0
+        lw, lh = max(1, round(ow * ds / lds)), max(1, round(oh * ds / lds))
+        loc = (int(round(x0 + ox0 * ds)), int(round(y0 + oy0 * ds)))
+        img = np.asarray(self.slide.read_region(loc, pl, (lw, lh)))[..., :3]
+        self.pixels_read += lw * lh
+        if (lw, lh) != (ow, oh):
+            img = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((ow, oh), Image.BILINEAR))
+        out[oy0:oy1, ox0:ox1] = img
+        return out
 
 
 def plan_regions(dimensions: Sequence[int], tissue, region_px: float,
