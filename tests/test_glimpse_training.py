@@ -26,15 +26,15 @@ def _run(gen, stop_after_epoch: int | None = None):
             return None, events
 
 
-@pytest.mark.parametrize("strategy", ["supervised", "mil"])
-def test_training_runs_and_alternates(mosaics, tmp_path, strategy):  # noqa: F811
+@pytest.mark.parametrize("strategy, target", [("supervised", "sampled"), ("mil", "dense")])
+def test_training_runs_and_alternates(mosaics, tmp_path, strategy, target):  # noqa: F811
     from napari_glimpse.methods import get_method
     from napari_glimpse.runtime.checkpoint import load_checkpoint
 
     folder, _ = mosaics
     spec = get_method("glimpse-tree")
     out, events = _run(spec.train(folder, tmp_path / "m.safetensors", val_dir=folder, strategy=strategy,
-                                  config=GlimpseTreeConfig(**SMALL)))
+                                  config=GlimpseTreeConfig(**SMALL, policy_target=target)))
     epochs = [e for e in events if e.stage == "epoch"]
     assert [e.metrics.get("epoch") for e in epochs] == [1, 2, 3]
     assert "(warm-up C)" in epochs[0].message and "(C)" in epochs[1].message and "(P)" in epochs[2].message

@@ -91,6 +91,9 @@ class GlimpseTreeConfig:
                                           group="training")
     policy_branching: tuple[int, ...] = _f((4, 8), "branching in policy epochs: more trajectories per region "
                                            "for eq. 5 (leaves are only scored, not trained)", group="training")
+    policy_target: str = _f("sampled", "policy loss: sampled (eq. 5 at the drawn centres, the paper) or dense "
+                            "(eq. 1 at every position against C's scores on all leaf tiles)",
+                            choices=("sampled", "dense"), group="training")
     policy_passes: int = _f(1, "passes over the training regions per policy epoch (policy steps are cheap)",
                             min=1, max=100, group="training")
     temperature_start: float = _f(1.0, "training temperature at the first alternating epoch (near uniform)",
@@ -111,6 +114,8 @@ class GlimpseTreeConfig:
             raise ValueError(f"GlimpseTreeConfig.backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.strategy not in ("supervised", "mil"):
             raise ValueError(f"GlimpseTreeConfig.strategy must be supervised or mil, got {self.strategy!r}")
+        if self.policy_target not in ("sampled", "dense"):
+            raise ValueError(f"GlimpseTreeConfig.policy_target must be sampled or dense, got {self.policy_target!r}")
         if self.tissue not in ("otsu", "grey"):
             raise ValueError(f"GlimpseTreeConfig.tissue must be otsu or grey, got {self.tissue!r}")
         for f_ in fields(self):

@@ -349,7 +349,13 @@ def _one_epoch(model, optimizer, scheduler, slides, warm, config, strategy, epoc
         phase = "P"
         model.classifier.eval()
         total, n = 0.0, 0
-        order = np.concatenate([rng.permutation(len(slides)) for _ in range(config.policy_passes)])
+        if config.policy_target == "dense":
+            from .policy_dense import dense_policy_epoch
+
+            total, n = yield from dense_policy_epoch(model, optimizer, scheduler, slides, config, rng, gen, dev,
+                                                     epoch)
+        passes = 0 if config.policy_target == "dense" else config.policy_passes
+        order = [si for _ in range(passes) for si in rng.permutation(len(slides))]
         for k, si in enumerate(order):
             ts = slides[si]
             for box in ts.regions:
