@@ -90,6 +90,9 @@ def method_spec():
                  "help": "slides with labels.csv: the tree's slide AUC picks the best epoch"},
             ],
             "cli_train_flags": ["strategy"],
+            # for the widgets: call ``hook(viewer)`` after adding this method's layers (click a
+            # glimpse box -> select its subtree, show only its Q maps); idempotent
+            "napari_layers_hook": "napari_glimpse._napari.glimpse_select:attach_glimpse_select",
             "param_help": {"leaves": "N_G, leaf glimpses per region, split over the levels "
                                      "(8 -> branching 2 4); 0 keeps --branching / the checkpoint's"},
             "shipped": {"supervised": "glimpse_tree_supervised.safetensors", "mil": "glimpse_tree_mil.safetensors"},
