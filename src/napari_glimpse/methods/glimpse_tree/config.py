@@ -94,6 +94,10 @@ class GlimpseTreeConfig:
     policy_target: str = _f("sampled", "policy loss: sampled (eq. 5 at the drawn centres, the paper) or dense "
                             "(eq. 1 at every position against C's scores on all leaf tiles)",
                             choices=("sampled", "dense"), group="training")
+    policy_regions: int = _f(0, "dense policy target: C's score maps of at most this many random regions per "
+                             "policy epoch (0 = all)", min=0, max=10**6, group="training")
+    mil_tissue_min: float = _f(0.5, "MIL: leaves with less tissue than this fraction do not train C",
+                               min=0.0, max=1.0, group="training")
     policy_passes: int = _f(1, "passes over the training regions per policy epoch (policy steps are cheap)",
                             min=1, max=100, group="training")
     temperature_start: float = _f(1.0, "training temperature at the first alternating epoch (near uniform)",

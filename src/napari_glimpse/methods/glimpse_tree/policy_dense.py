@@ -35,12 +35,14 @@ def dense_policy_epoch(model, optimizer, scheduler, slides, config, rng, gen, de
     s, scale, levels = config.glimpse_size, config.level_scale, config.levels
     n_tiles = scale**levels
     model.classifier.eval()
+    regions = [(ts, box) for ts in slides for box in ts.regions]
+    if config.policy_regions and len(regions) > config.policy_regions:
+        regions = [regions[i] for i in np.sort(rng.choice(len(regions), config.policy_regions, replace=False))]
     maps = []
-    for k, ts in enumerate(slides):
-        for box in ts.regions:
-            maps.append((ts, box, np.nan_to_num(run_all(model, ts.reader, box, None, 0.0)).astype(np.float32)))
+    for k, (ts, box) in enumerate(regions):
+        maps.append((ts, box, np.nan_to_num(run_all(model, ts.reader, box, None, 0.0)).astype(np.float32)))
         if (k + 1) % 8 == 0:
-            yield Progress("train", k + 1, len(slides), f"epoch {epoch + 1}: C's score maps for the policy")
+            yield Progress("train", k + 1, len(regions), f"epoch {epoch + 1}: C's score maps for the policy")
     total, count = 0.0, 0
     for p in range(config.policy_passes):
         for i in rng.permutation(len(maps)):

@@ -148,6 +148,11 @@ def _classifier_steps(model, optimizer, scheduler, images, labels, config, gen, 
         x = to_tensor(images[idx], device)
         if config.augment:
             x = augment_batch(x, gen)
+            # brightness / contrast jitter: slides differ in stain and glass tint, and a classifier
+            # that can tell slides apart by tint learns slide identity instead of tumour under MIL
+            gain = 1.0 + 0.2 * (torch.rand(len(x), 1, 1, 1, generator=gen) - 0.5)
+            shift = 0.08 * (torch.rand(len(x), 1, 1, 1, generator=gen) - 0.5)
+            x = (x * gain + shift).clamp_(0.0, 1.0)
         y = torch.from_numpy(labels[idx]).to(device)
         optimizer.zero_grad(set_to_none=True)
         loss = F.binary_cross_entropy_with_logits(model.classify(x), y)
@@ -193,6 +198,10 @@ def _sampled_leaves(model, ts, box, region, rng, config, temperature):
 
     nodes = run_tree(model, ts.reader, box, region, rng, config.train_branching, temperature, classify=False)
     leaves = [n for n in nodes if n.level == config.levels]
+    if config.strategy == "mil":
+        # MIL labels a leaf with its slide's label; a leaf of mostly glass says nothing about the
+        # slide, so only leaves that are mostly tissue train C
+        leaves = [n for n in leaves if ts.tissue.fraction(*n.box) >= config.mil_tissue_min]
     return [ts.reader.read(config.levels, n.box[0], n.box[1]) for n in leaves], [n.box for n in leaves]
 
 
@@ -341,7 +350,11 @@ def _one_epoch(model, optimizer, scheduler, slides, warm, config, strategy, epoc
                 yield Progress("train", k + 1, len(slides), f"epoch {epoch + 1}: sampling leaves")
         pool = np.flatnonzero(warm_neg) if strategy == "mil" else np.arange(len(warm_y))
         replay = rng.choice(pool, size=min(len(images), len(pool)), replace=False) if len(pool) else []
-        x = np.concatenate([np.stack(images), warm_x[replay]]) if len(replay) else np.stack(images)
+        parts = ([np.stack(images)] if images else []) + ([warm_x[replay]] if len(replay) else [])
+        if not parts:
+            raise DatasetError("no training leaves were drawn in this epoch (MIL: no leaf with enough tissue)",
+                               str(slides[0].item.path))
+        x = np.concatenate(parts)
         y = np.concatenate([np.array(labels, np.float32), warm_y[replay] if strategy == "supervised"
                             else np.zeros(len(replay), np.float32)])
         total, n = _classifier_steps(model, optimizer, scheduler, x, y, config, gen, dev)
