@@ -85,3 +85,19 @@ def test_cli_train_mil(mosaics, tmp_path, capsys):  # noqa: F811
     assert rc == 0
     assert "epoch 2/2" in capsys.readouterr().out
     assert load_checkpoint(out).config["strategy"] == "mil"
+
+
+def test_checkpoint_whose_header_length_starts_with_0x80_loads(tmp_path):
+    # a safetensors header length whose low byte is 0x80 (pickle's signature) is still safetensors
+    from napari_glimpse.runtime.checkpoint import load_checkpoint, save_checkpoint
+
+    state = {"w": torch.zeros(2)}
+    for pad in range(300):
+        path = save_checkpoint(tmp_path / "c.safetensors", method="glimpse-tree", config={}, model_state=state,
+                               header={"pad": "x" * pad})
+        with open(path, "rb") as fh:
+            if fh.read(1) == b"\x80":
+                break
+    else:
+        pytest.fail("no padding gave a header length with low byte 0x80")
+    assert torch.equal(load_checkpoint(path).model_state["w"], state["w"])

@@ -155,16 +155,21 @@ def _check_safetensors_file(path: Path) -> None:
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:
-            head = fh.read(8)
-            if head[:2] == b"PK" or head[:1] == b"\x80" or len(head) < 8:
+            head = fh.read(9)
+            # A safetensors file is an 8-byte little-endian header length, then the JSON header
+            # ("{"). Its first byte is the length's low byte, which may well be 0x80 or "P", so
+            # the pickle / zip signatures only count when the file is not safetensors-shaped.
+            looks_safetensors = (len(head) == 9 and head[8:9] == b"{"
+                                 and 0 < struct.unpack("<Q", head[:8])[0] <= size - 8)
+            if not looks_safetensors and (head[:2] == b"PK" or head[:1] == b"\x80"):
                 # zip = torch.save's format, 0x80 = pickle protocol >= 2: both execute code on load.
-                if head[:2] == b"PK" or head[:1] == b"\x80":
-                    raise CheckpointError("not a safetensors checkpoint; refusing to unpickle", path)
+                raise CheckpointError("not a safetensors checkpoint; refusing to unpickle", path)
+            if len(head) < 9:
                 raise CheckpointError("corrupt or truncated checkpoint (file too short)", path)
-            (n,) = struct.unpack("<Q", head)
+            (n,) = struct.unpack("<Q", head[:8])
             if n <= 0 or 8 + n > size:
                 raise CheckpointError("corrupt or truncated checkpoint (bad header length)", path)
-            if fh.read(1) != b"{":
+            if head[8:9] != b"{":
                 raise CheckpointError("not a safetensors checkpoint; refusing to unpickle", path)
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint: {exc.strerror or exc}", path) from exc
