@@ -96,6 +96,8 @@ class GlimpseTreeConfig:
                             choices=("sampled", "dense"), group="training")
     policy_regions: int = _f(0, "dense policy target: C's score maps of at most this many random regions per "
                              "policy epoch (0 = all)", min=0, max=10**6, group="training")
+    policy_pos_weight: float = _f(0.0, "dense policy target: extra weight of the squared error where C's score "
+                                  "is high (1 + w * score)", min=0.0, max=1000.0, group="training")
     mil_tissue_min: float = _f(0.5, "MIL: leaves with less tissue than this fraction do not train C",
                                min=0.0, max=1.0, group="training")
     policy_passes: int = _f(1, "passes over the training regions per policy epoch (policy steps are cheap)",

@@ -28,7 +28,6 @@ def _upsample(block: np.ndarray, factor: int) -> np.ndarray:
 def dense_policy_epoch(model, optimizer, scheduler, slides, config, rng, gen, device, epoch: int) -> Generator:
     """One dense P epoch; yields Progress, returns (sum of losses, number of maps)."""
     import torch
-    import torch.nn.functional as F
 
     from .inference import run_all, to_tensor
 
@@ -68,7 +67,10 @@ def dense_policy_epoch(model, optimizer, scheduler, slides, config, rng, gen, de
                     x, y = x.flip(-1), y.flip(-1)
                 x, y = torch.rot90(x, op % 4, dims=(-2, -1)), torch.rot90(y, op % 4, dims=(-2, -1))
                 q = model.q_map(level, x)
-                loss = loss + F.mse_loss(q, y[:, 0], reduction="sum") / (s * s)
+                # tumour is rare: weighting the squared error up where C scores high keeps q from
+                # settling on the mean score everywhere
+                weight = 1.0 + config.policy_pos_weight * y[:, 0]
+                loss = loss + (weight * (q - y[:, 0]) ** 2).sum() / (s * s)
                 count += len(images)
             loss.backward()
             optimizer.step()

@@ -233,6 +233,7 @@ def train(
     epochs: int | None = None,
     lr: float | None = None,
     batch_size: int | None = None,
+    init: str | os.PathLike | None = None,
     **_ignored,
 ) -> Generator:
     """Train C and the policies; yields Progress, returns the best checkpoint's path.
@@ -249,6 +250,9 @@ def train(
         ``"supervised"`` or ``"mil"`` (overrides ``config.strategy``).
     resume
         Continue from ``<stem>.last.safetensors`` (weights, optimizer, scheduler, epoch).
+    init
+        Start from these weights (a glimpse-tree checkpoint of the same architecture) with a
+        fresh optimizer and schedule, e.g. to train the policies further on a trained C.
     """
     import torch
 
@@ -282,6 +286,8 @@ def train(
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_decay_steps, gamma=config.lr_decay)
         start, best, history = 0, None, []
+        if init is not None and not (resume and last.exists()):
+            load_state_checked(model, load_checkpoint(init, expected_method=METHOD))
         if resume and last.exists():
             ckpt = load_checkpoint(last, expected_method=METHOD)
             load_state_checked(model, ckpt)
@@ -292,7 +298,8 @@ def train(
             yield Progress("resume", start, config.epochs, f"resumed from {last} at epoch {start}")
         summary = {"train": str(train_dir), "val": str(val_dir) if val_dir else None, "slides": len(slides),
                    "val_slides": len(val_items), "warmup_glimpses": int(len(warm[1])),
-                   "warmup_positive": int(warm[1].sum()), "strategy": strategy, "seed": seed, "device": str(dev)}
+                   "warmup_positive": int(warm[1].sum()), "strategy": strategy, "seed": seed, "device": str(dev),
+                   "init": str(init) if init else None}
         for epoch in range(start, config.epochs):
             yield from _one_epoch(model, optimizer, scheduler, slides, warm, config, strategy, epoch, seed, dev,
                                   history)
