@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_glimpse_tree import TINY, drive, mosaics, one_thread  # noqa: F401  (fixtures)
+from test_glimpse_tree import TINY, drive, mosaics, one_thread, tiny_model  # noqa: F401  (fixtures)
 
 from napari_glimpse.errors import DatasetError
 from napari_glimpse.methods.glimpse_tree.config import GlimpseTreeConfig
@@ -101,3 +101,19 @@ def test_checkpoint_whose_header_length_starts_with_0x80_loads(tmp_path):
     else:
         pytest.fail("no padding gave a header length with low byte 0x80")
     assert torch.equal(load_checkpoint(path).model_state["w"], state["w"])
+
+
+def test_init_starts_from_given_weights(mosaics, tmp_path, tiny_model):  # noqa: F811
+    # a C-only epoch never touches the policies: they must equal the initial weights exactly
+    from napari_glimpse.methods.glimpse_tree.training import train
+    from napari_glimpse.runtime.checkpoint import load_checkpoint, save_checkpoint
+
+    folder, _ = mosaics
+    init = save_checkpoint(tmp_path / "init.safetensors", method="glimpse-tree", config=tiny_model.config,
+                           model_state=tiny_model.state_dict())
+    cfg = GlimpseTreeConfig(**{**SMALL, "epochs": 1, "warmup_epochs": 0})
+    out, _ = _run(train(folder, tmp_path / "o.safetensors", config=cfg, init=init))
+    state = load_checkpoint(out).model_state
+    ref = tiny_model.state_dict()
+    assert all(torch.equal(state[k], ref[k]) for k in ref if k.startswith("policies."))
+    assert not all(torch.equal(state[k], ref[k]) for k in ref if k.startswith("classifier.") and "weight" in k)

@@ -196,6 +196,7 @@ def _sampled_leaves(model, ts, box, region, rng, config, temperature):
     """Leaves the current policy draws in a region: (images, level-0 boxes)."""
     from .inference import run_tree
 
+    model.policies.eval()  # sampling only: batch norm must not learn from these batches
     nodes = run_tree(model, ts.reader, box, region, rng, config.train_branching, temperature, classify=False)
     leaves = [n for n in nodes if n.level == config.levels]
     if config.strategy == "mil":
