@@ -68,7 +68,8 @@ def test_window_cells_are_centred_on_windows():
     wx_centre = 5 * 8 - 12 + 16
     assert cx == pytest.approx(40 + wx_centre * 2) and cy == pytest.approx(80 + (3 * 8 - 12 + 16) * 2)
     assert w.origin == (40.0, 80.0)
-    assert w.shape == (20, 23)  # 320 / 2 / 8 rows, ceil(180 / 8) cols
+    # 160 working px / 8 = 20 rows; of 180 px, cell 22 (centre 180) lies past the edge: 22 cols.
+    assert w.shape == (20, 22)
 
 
 def test_classify_windows_maps_a_bright_square_to_its_cells():

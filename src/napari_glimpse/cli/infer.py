@@ -25,14 +25,32 @@ def add_infer_parser(subparsers) -> None:
     c.add_argument("--region", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
                    help="level-0 box to process instead of the whole slide")
     c.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    c.add_argument("--stride", type=int, default=32, help="px between windows at 10x (default 32)")
-    c.add_argument("--tile-size", type=int, default=1536, help="tile input px (bounds memory)")
-    c.add_argument("--batch-size", type=int, default=1, help="tiles per forward pass")
-    c.add_argument("--tissue", choices=("otsu", "grey", "none"), default="otsu")
-    c.add_argument("--no-celm", action="store_true", help="skip the CELM evidence map (faster)")
+    _add_celnet_flags(c)
     c.add_argument("--quiet", action="store_true", help="no progress on stderr")
     c.set_defaults(func=infer_celnet_cmd)
     _add_registry_parsers(methods)
+
+
+def _add_celnet_flags(parser) -> None:
+    """One flag per :class:`CELNetInferConfig` field (the "Run model" form's fields); a flag
+    not given leaves the value to ``infer`` (CELM settings: the checkpoint config's)."""
+    import dataclasses
+
+    from ..methods.celnet import CELNetConfig
+    from ..methods.celnet_infer import CELNetInferConfig
+
+    from_checkpoint = {f.name for f in dataclasses.fields(CELNetConfig)}
+    for f in dataclasses.fields(CELNetInferConfig):
+        help_ = f.metadata.get("help", "")
+        if isinstance(f.default, bool):  # on by default: only switching it off needs a flag
+            parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false",
+                                default=None, help=f"skip: {help_}")
+            continue
+        default = (f"the checkpoint's; {f.default} in the paper" if f.name in from_checkpoint
+                   else f.default)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(f.default),
+                            default=None, choices=f.metadata.get("choices"),
+                            help=f"{help_} (default {default})")
 
 
 def _add_registry_parsers(methods) -> None:
@@ -74,20 +92,20 @@ def _drive(gen, quiet: bool):
 
 
 def infer_celnet_cmd(args) -> int:
+    import dataclasses
     import json
 
-    from ..methods.celnet_infer import infer_celnet, load_celnet
+    from ..methods.celnet_infer import CELNetInferConfig, infer, load_celnet
     from ..runtime.results_io import save_result
 
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(CELNetInferConfig)
+               if getattr(args, f.name, None) is not None}
     model, ckpt = load_celnet(args.checkpoint, args.device)
     out = Path(args.out)
     for path in args.slides:
         if not args.quiet:
             print(f"{path}:", file=sys.stderr)
-        gen = infer_celnet(path, model, region=args.region, stride=args.stride,
-                           tile_size=args.tile_size, batch_size=args.batch_size,
-                           tissue=None if args.tissue == "none" else args.tissue,
-                           celm=not args.no_celm, checkpoint=ckpt)
+        gen = infer(path, ckpt, model=model, region=args.region, **options)
         result = _drive(gen, args.quiet)
         target = save_result(result, out / Path(path).stem)
         s = result.summary

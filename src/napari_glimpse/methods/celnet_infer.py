@@ -8,6 +8,10 @@ GAP/GMP pooling runs over every 96-px window ``stride`` px apart with ``avg_pool
 ``model.classify_with_context`` of the window centred on it. Tiles overlap only by the
 context the network needs, and tiles without tissue are never read.
 
+A tile's features are computed in pieces (:mod:`.celnet_dense`) and CELM in small batches,
+with a progress report after each, so a GUI sees progress and can cancel (stop iterating)
+within about a second even on a CPU.
+
 Outputs (level-0 coordinates): the probability map (one cell per stride, centred on its
 window), the CELM evidence map (per window above ``prob_threshold``, on a lattice of
 non-overlapping windows, pasted with max at ``evidence_cell`` working px), the thresholded
@@ -16,9 +20,11 @@ evidence mask (labels), NMS peaks (points with ``score``) and the slide score (t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -28,45 +34,82 @@ from ..runtime.inference import (
     RunStats,
     WindowGrid,
     batched,
+    is_out_of_memory,
     plan_tiles,
     progress,
     read_tile,
-    run_with_oom_retry,
     tissue_on_cells,
     working_grid,
 )
 from .celm import CELMParams, compute_celm, evidence_mask, nms_peaks
+from .celnet import CELNetConfig
+from .celnet_dense import count_pieces, default_piece, iter_tile_probabilities, to_tensor
+
+_to_tensor = to_tensor
+
+# CELM windows per gradient pass when not given: each window costs about a second of CPU.
+DEFAULT_CELM_BATCH = {"cpu": 1, "cuda": 32}
 
 
-def _to_tensor(images: np.ndarray, device) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1] (CELNet normalises itself)."""
-    return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div_(255)
+def _config_field(name: str, **meta):
+    """A field with the default, help and range of CELNetConfig's ``name`` (one source)."""
+    f = next(f for f in dataclasses.fields(CELNetConfig) if f.name == name)
+    return field(default=f.default, metadata={**f.metadata, **meta})
 
 
-def tile_cells_for(model, stride: int, tile_size: int) -> int:
-    """Windows per tile side so that a tile's input (with context) is about ``tile_size`` px."""
-    p, m = model.config.patch_size, model.context_margin
-    return max(1, (tile_size - p - 2 * m) // stride + 1)
+def _opt(default, help: str, **meta):
+    return field(default=default, metadata={"help": help, "group": "inference", **meta})
 
 
-@torch.no_grad()
-def dense_tile_probabilities(model, tiles: np.ndarray, tile_cells: int, stride: int) -> np.ndarray:
-    """Probabilities (N, tile_cells, tile_cells) of the windows of tiles read with context.
+@dataclass
+class CELNetInferConfig:
+    """The parameters of a CELNet slide run (the "Run model" form and ``infer celnet`` flags).
 
-    ``tiles`` is (N, S, S, 3) uint8 with S = (tile_cells - 1) * stride + patch + 2 * margin;
-    cell (r, c) is the window whose top-left is (margin + r * stride, margin + c * stride).
+    The CELM / threshold fields override the checkpoint config's values when given.
     """
-    m = model.context_margin
-    device = next(model.parameters()).device
-    f2, f3 = model.features(_to_tensor(tiles, device))
-    # Drop the margin so window (0, 0) starts at feature cell 0; windows near the far border
-    # fall off because window_logits only returns windows that fit inside the features.
-    f2 = f2[:, :, m // 2 :, m // 2 :]
-    f3 = f3[:, :, m // 4 :, m // 4 :]
-    logits = model.window_logits(f2, f3, stride)
-    if logits.shape[1] < tile_cells or logits.shape[2] < tile_cells:
-        raise RuntimeError(f"tile gave {tuple(logits.shape[1:])} windows, expected {tile_cells}")
-    return torch.sigmoid(logits[:, :tile_cells, :tile_cells]).float().cpu().numpy()
+
+    stride: int = _opt(32, "px between windows at the working resolution (multiple of 4)", min=4, max=1024)
+    tile_size: int = _opt(1536, "tile input px, context included (bounds memory; smaller regions "
+                                "get smaller tiles)", min=128, max=8192)
+    batch_size: int = _opt(1, "tiles per forward pass", min=1, max=64)
+    tissue: str = _opt("otsu", "tissue detection; tiles without tissue are skipped",
+                       choices=("otsu", "grey", "none"))
+    celm: bool = _opt(True, "CELM evidence map, mask and peaks (needs gradients: slower)")
+    celm_batch: int = _opt(0, "windows per CELM pass (0: 1 on a CPU, 32 on a GPU)", min=0, max=1024)
+    evidence_cell: int = _opt(8, "working px per evidence-map cell", min=1, max=96)
+    threshold: float = _config_field("threshold")
+    celm_a: float = _config_field("celm_a")
+    celm_b: float = _config_field("celm_b")
+    evidence_threshold: float = _config_field("evidence_threshold")
+    saliency_sigma: float = _config_field("saliency_sigma")
+    mask_sigma: float = _opt(1.0, "Gaussian smoothing (evidence cells) before thresholding", min=0.0, max=20.0)
+    nms_min_distance: float = _opt(3.0, "peaks closer than this (map cells) to a stronger one are dropped",
+                                   min=0.0, max=1000.0)
+    nms_max_peaks: int = _opt(100, "at most this many tumour peaks", min=0, max=100000)
+
+
+def tile_cells_for(model, stride: int, tile_size: int, shape: tuple[int, int] | None = None) -> int:
+    """Windows per tile side so that a tile's input (with context) is about ``tile_size`` px.
+
+    With the map ``shape`` (rows, cols), tiles shrink to split it evenly: a map of 32 x 32
+    cells gets one 32-cell tile rather than a mostly empty 35-cell one.
+    """
+    p, m = model.config.patch_size, model.context_margin
+    n = max(1, (tile_size - p - 2 * m) // stride + 1)
+    if shape is not None:
+        n = max(1, max(math.ceil(d / math.ceil(d / n)) for d in shape))
+    return n
+
+
+def dense_tile_probabilities(model, tiles: np.ndarray, tile_cells: int, stride: int) -> np.ndarray:
+    """Probabilities (N, tile_cells, tile_cells) of the windows of tiles read with context
+    (all at once; :func:`.celnet_dense.iter_tile_probabilities` is the piecewise version)."""
+    gen = iter_tile_probabilities(model, tiles, tile_cells, stride, piece=2**62)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
 
 
 def _check_stride(model, stride: int) -> None:
@@ -75,6 +118,21 @@ def _check_stride(model, stride: int) -> None:
     if model.context_margin is None:
         raise ValueError("this CELNet uses global channel attention (channel_window=None): "
                          "it has no finite context, so dense slide inference cannot be exact")
+
+
+def _probabilities(model, images, n, stride, piece) -> Generator:
+    """:func:`iter_tile_probabilities`, on halves of the batch (recursively) when out of memory."""
+    try:
+        return (yield from iter_tile_probabilities(model, images, n, stride, piece))
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc) or len(images) <= 1:
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = len(images) // 2
+        a = yield from _probabilities(model, images[:half], n, stride, piece)
+        b = yield from _probabilities(model, images[half:], n, stride, piece)
+        return np.concatenate([a, b])
 
 
 def infer_celnet(
@@ -87,10 +145,11 @@ def infer_celnet(
     batch_size: int = 1,
     tissue="otsu",
     celm: bool = True,
-    celm_batch: int = 32,
+    celm_batch: int | None = None,
     evidence_cell: int = 8,
     params: CELMParams | None = None,
     checkpoint: str | None = None,
+    piece_size: int | None = None,
 ) -> Generator:
     """Run CELNet over the tissue of a slide (or a region), yielding progress.
 
@@ -112,16 +171,23 @@ def infer_celnet(
         ``"otsu"`` / ``"grey"`` (tissue_mask method), a TissueMask, or None (no mask).
     celm
         Compute the CELM evidence map, mask and peaks (needs gradients: slower).
+    celm_batch
+        Windows per CELM pass, one progress report each; None: 1 on a CPU, 32 on a GPU.
     evidence_cell
         Working px per evidence-map cell.
     params
         CELM / NMS settings; from ``model.config`` when None.
     checkpoint
         Recorded in the summary.
+    piece_size
+        Output activations per feature piece (one progress report each); None: about half a
+        second of work on the model's device (:data:`.celnet_dense.DEFAULT_PIECE`).
 
     Yields
     ------
     Progress
+        ``done`` / ``total`` count feature pieces over all tiles; CELM batches report
+        in ``message`` without advancing ``done``.
 
     Returns
     -------
@@ -134,10 +200,14 @@ def infer_celnet(
             return (yield from infer_celnet(
                 opened, model, region=region, stride=stride, tile_size=tile_size,
                 batch_size=batch_size, tissue=tissue, celm=celm, celm_batch=celm_batch,
-                evidence_cell=evidence_cell, params=params, checkpoint=checkpoint))
+                evidence_cell=evidence_cell, params=params, checkpoint=checkpoint,
+                piece_size=piece_size))
 
     _check_stride(model, stride)
     params = params or CELMParams.from_config(model.config)
+    device = next(model.parameters()).device
+    piece = piece_size or default_piece(device)
+    celm_batch = celm_batch or DEFAULT_CELM_BATCH.get(device.type, DEFAULT_CELM_BATCH["cpu"])
     stats = RunStats()
     patch, margin = model.config.patch_size, model.context_margin
     grid = working_grid(slide, model.config.mpp, region)
@@ -147,39 +217,54 @@ def infer_celnet(
 
         tissue = tissue_mask(slide, method=tissue)
     on = tissue_on_cells(windows, tissue)
-    n = tile_cells_for(model, stride, tile_size)
+    n = tile_cells_for(model, stride, tile_size, windows.shape)
     tiles = plan_tiles(on, n)
     prob = np.zeros(windows.shape, np.float32)
     ev_shape = tuple(math.ceil(s * stride / evidence_cell) for s in windows.shape)
     evidence = np.zeros(ev_shape, np.float32) if celm else None
     lattice = max(1, patch // stride)  # windows this many cells apart do not overlap
-    total = len(tiles)
-    done = 0
-    for group in batched(tiles, batch_size):
+    size = (n - 1) * stride + patch + 2 * margin
+    groups = list(batched(tiles, batch_size))
+    per_group = [count_pieces(model, size, len(g), piece) for g in groups]
+    total, done = sum(per_group), 0
+    for k, group in enumerate(groups):
         reads = [read_tile(slide, windows, t, n, context=margin) for t in group]
         stats.pixels_read += sum(px for _, px in reads)
         stats.patches_read += len(group)
         images = np.stack([img for img, _ in reads])
-        probs = run_with_oom_retry(lambda b: dense_tile_probabilities(model, b, n, stride), images)
+        what = f"tile {k + 1}/{len(groups)}"
+        features = _probabilities(model, images, n, stride, piece)
+        while True:
+            try:
+                next(features)
+            except StopIteration as stop:
+                probs = stop.value
+                break
+            done = min(done + 1, total)
+            yield progress("inference", done, total, f"{what}: features")
         for t, img, p in zip(group, images, probs, strict=True):
             keep = on[t.row0 : t.row0 + t.rows, t.col0 : t.col0 + t.cols]
             prob[t.row0 : t.row0 + t.rows, t.col0 : t.col0 + t.cols] = np.where(
                 keep, p[: t.rows, : t.cols], 0.0)
             if celm:
-                _paste_evidence(model, img, t, prob, keep, windows, evidence, evidence_cell,
-                                lattice, margin, params, celm_batch)
+                for j, m in _paste_evidence(model, img, t, prob, keep, windows, evidence,
+                                            evidence_cell, lattice, margin, params, celm_batch):
+                    yield progress("inference", done, total, f"{what}: evidence {j}/{m}")
         stats.batches += 1
-        done += len(group)
-        yield progress("inference", done, total, f"tile {done}/{total}",
+        done = sum(per_group[: k + 1])
+        yield progress("inference", done, total, what,
                        max_probability=float(prob.max()) if prob.size else 0.0)
 
     return _assemble(slide, grid, windows, prob, evidence, evidence_cell, params, stats,
-                     checkpoint, str(next(model.parameters()).device), stride, n)
+                     checkpoint, str(device), stride, n)
 
 
 def _paste_evidence(model, img, tile, prob, keep, windows, evidence, evidence_cell, lattice,
-                    margin, params, celm_batch):
-    """CELM of the tile's windows above the probability threshold, max-pasted into ``evidence``."""
+                    margin, params, celm_batch) -> Generator:
+    """CELM of the tile's windows above the probability threshold, max-pasted into ``evidence``.
+
+    Yields ``(batches done, batches)`` after each CELM batch.
+    """
     s, p = windows.stride, windows.patch
     sub = prob[tile.row0 : tile.row0 + tile.rows, tile.col0 : tile.col0 + tile.cols]
     rr, cc = np.nonzero(keep & (sub > params.prob_threshold))
@@ -187,10 +272,11 @@ def _paste_evidence(model, img, tile, prob, keep, windows, evidence, evidence_ce
     rr, cc = rr[on_lattice], cc[on_lattice]
     device = next(model.parameters()).device
     k = p // evidence_cell
-    for sel in batched(np.arange(len(rr)), celm_batch):
+    n_batches = math.ceil(len(rr) / celm_batch)
+    for b, sel in enumerate(batched(np.arange(len(rr)), celm_batch)):
         crops = np.stack([img[margin + r * s : margin + r * s + p, margin + c * s : margin + c * s + p]
                           for r, c in zip(rr[sel], cc[sel], strict=False)])
-        out = compute_celm(model, _to_tensor(crops, device), params).celm
+        out = compute_celm(model, to_tensor(crops, device), params).celm
         cells = torch.nn.functional.adaptive_avg_pool2d(out[:, None], k)[:, 0].cpu().numpy()
         for (r, c), m in zip(zip(rr[sel], cc[sel], strict=False), cells, strict=True):
             # Window top-left in working px relative to the region, then evidence cells.
@@ -201,6 +287,7 @@ def _paste_evidence(model, img, tile, prob, keep, windows, evidence, evidence_ce
             if x1 > x0 and y1 > y0:
                 view = evidence[y0:y1, x0:x1]
                 np.maximum(view, m[y0 - ey : y1 - ey, x0 - ex : x1 - ex], out=view)
+        yield b + 1, n_batches
 
 
 def _assemble(slide, grid, windows, prob, evidence, evidence_cell, params, stats, checkpoint,
@@ -244,78 +331,67 @@ def _assemble(slide, grid, windows, prob, evidence, evidence_cell, params, stats
                            summary=summary, mpp=slide.mpp)
 
 
-def infer(slide_path, checkpoint=None, *, device=None, region=None, stride=32, **kwargs) -> Generator:
+def infer(
+    slide_path,
+    checkpoint=None,
+    *,
+    device: str | None = None,
+    region: Sequence[float] | None = None,
+    stride: int = 32,
+    tile_size: int = 1536,
+    batch_size: int = 1,
+    tissue: str | None = "otsu",
+    celm: bool = True,
+    celm_batch: int = 0,
+    evidence_cell: int = 8,
+    threshold: float | None = None,
+    celm_a: float | None = None,
+    celm_b: float | None = None,
+    evidence_threshold: float | None = None,
+    saliency_sigma: float | None = None,
+    mask_sigma: float = 1.0,
+    nms_min_distance: float = 3.0,
+    nms_max_peaks: int = 100,
+    model=None,
+) -> Generator:
     """Registry entry point: load the checkpoint (or the registry default) and run
-    :func:`infer_celnet` on ``slide_path``. Yields Progress, returns InferenceResult."""
-    model, ckpt = load_celnet(checkpoint, device)
-    return (yield from infer_celnet(slide_path, model, region=region, stride=stride,
-                                    checkpoint=ckpt, **kwargs))
+    :func:`infer_celnet` on ``slide_path``. Yields Progress, returns InferenceResult.
+
+    The parameters are :class:`CELNetInferConfig`'s; ``threshold``, ``celm_a``, ``celm_b``,
+    ``evidence_threshold`` and ``saliency_sigma`` left None keep the checkpoint config's
+    values; ``tissue="none"`` (or None) uses no tissue mask. ``model`` skips loading.
+    """
+    if model is None:
+        model, checkpoint = load_celnet(checkpoint, device)
+    params = CELMParams.from_config(
+        model.config, alpha=celm_a, beta=celm_b, csm_sigma=saliency_sigma,
+        mask_threshold=evidence_threshold, prob_threshold=threshold, nms_min_score=threshold,
+        mask_sigma=mask_sigma, nms_min_distance=nms_min_distance, nms_max_peaks=nms_max_peaks)
+    return (yield from infer_celnet(
+        slide_path, model, region=region, stride=stride, tile_size=tile_size, batch_size=batch_size,
+        tissue=None if tissue in (None, "none") else tissue, celm=celm, celm_batch=celm_batch or None,
+        evidence_cell=evidence_cell, params=params,
+        checkpoint=None if checkpoint is None else str(checkpoint)))
 
 
 def load_celnet(checkpoint=None, device=None):
-    """(model in eval mode on ``device``, checkpoint path) from a checkpoint file.
+    """(model in eval mode on ``device``, checkpoint path) from a checkpoint file, or from
+    the registry's default checkpoint when ``checkpoint`` is None. Never unpickles."""
+    from ..errors import CheckpointError
+    from ..runtime.checkpoint import load_model
+    from .celnet import default_checkpoint
 
-    Prefers the model helpers' ``runtime.checkpoint.load_model`` and the registry's default
-    checkpoint; until those exist, reads a safetensors file whose metadata holds the
-    ``config`` as JSON (see :func:`save_celnet`). Never unpickles.
-    """
-    import torch
-
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        from ..runtime.checkpoint import load_model
-    except ImportError:
-        load_model = None
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    checkpoint = checkpoint or default_checkpoint()
     if checkpoint is None:
-        try:
-            from .registry import get_method
-
-            checkpoint = get_method("celnet").default_checkpoint
-            checkpoint = checkpoint() if callable(checkpoint) else checkpoint
-        except ImportError:
-            checkpoint = None
-        if checkpoint is None:
-            from ..errors import CheckpointError
-
-            raise CheckpointError("no checkpoint given and celnet has no default checkpoint")
-    if load_model is not None:
-        model = load_model(checkpoint, method="celnet", device=dev)
-    else:
-        model = _load_safetensors(checkpoint).to(dev)
+        raise CheckpointError("no checkpoint given and celnet has no default checkpoint")
+    model = load_model(checkpoint, method="celnet", device=torch.device(device))
     return model.eval(), str(checkpoint)
 
 
 def save_celnet(model, path) -> None:
-    """Weights + JSON config in one safetensors file (the format :func:`load_celnet` reads)."""
-    import dataclasses
-    import json
+    """Save a CELNet as a napari-glimpse checkpoint (what :func:`load_celnet` reads)."""
+    from ..runtime.checkpoint import save_checkpoint
 
-    from safetensors.torch import save_file
-
-    meta = {"method": "celnet", "config": json.dumps(dataclasses.asdict(model.config))}
-    tmp = f"{path}.tmp"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp, metadata=meta)
-    os.replace(tmp, path)
-
-
-def _load_safetensors(path):
-    import json
-
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from ..errors import CheckpointError
-    from .celnet import CELNet, CELNetConfig
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("method") != "celnet":
-            raise CheckpointError(f"not a celnet checkpoint (method={meta.get('method')!r})", path)
-        model = CELNet(CELNetConfig(**json.loads(meta["config"])))
-        model.load_state_dict(load_file(str(path)))
-    except CheckpointError:
-        raise
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
-        raise CheckpointError(f"cannot load checkpoint: {exc}", path) from exc
-    return model
+    save_checkpoint(path, method="celnet", config=model.config, model_state=model.state_dict())

@@ -151,7 +151,9 @@ class WindowGrid:
     i * stride - offset)`` with ``offset = (patch - stride) // 2``. Map cell ``(i, j)``
     covers ``[j * stride + e, (j + 1) * stride + e)`` with ``e = (patch - stride) / 2 -
     offset`` (0 for even ``patch - stride``), i.e. it is centred on window ``(i, j)``'s
-    centre. ``cells`` tile the whole region (edge windows read white past the slide).
+    centre. The map has a cell for every window whose centre lies inside the region (at
+    least one), so it ends within half a cell of the region's right and bottom edges (edge
+    windows read white past the slide).
     """
 
     grid: WorkingGrid
@@ -166,7 +168,9 @@ class WindowGrid:
     def shape(self) -> tuple[int, int]:
         """Map (rows, cols)."""
         w, h = self.grid.size
-        return math.ceil(h / self.stride), math.ceil(w / self.stride)
+        e = (self.patch - self.stride) / 2 - self.offset
+        # Cell j's centre is e + (j + 1/2) * stride; keep those strictly inside the region.
+        return tuple(max(1, math.ceil((n - e) / self.stride - 0.5)) for n in (h, w))
 
     @property
     def cell_size(self) -> float:
