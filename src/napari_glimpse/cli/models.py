@@ -146,7 +146,9 @@ def evaluate_cmd(args) -> int:
     spec = get_method(args.method)
     from ._method_flags import collect
 
-    extra = collect(args, _method_flags(spec, "evaluate"))
+    # Flags generated from evaluate()'s signature may repeat the common ones passed below.
+    common = {"device", "batch_size", "workers", "limit"}
+    extra = {k: v for k, v in collect(args, _method_flags(spec, "evaluate")).items() if k not in common}
     metrics = _drive(spec.evaluate(args.data, args.checkpoint, device=args.device, batch_size=args.batch_size,
                                    workers=args.workers, limit=args.limit, **extra), quiet=True)
     print(json.dumps(metrics))

@@ -1,0 +1,132 @@
+"""Training loop, datasets, metrics and the train / evaluate CLI, on a few real PCam patches."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from napari_glimpse.cli import main
+from napari_glimpse.errors import DatasetError
+from napari_glimpse.methods.celnet import CELNetConfig, train_celnet
+from napari_glimpse.runtime.checkpoint import load_checkpoint
+from napari_glimpse.runtime.datasets import augment_batch, load_patch_folder
+from napari_glimpse.runtime.training import last_path, roc_auc
+
+TINY = CELNetConfig(widths=(4, 8, 8), reduction=2, blocks=1, batch_size=4, lr=0.01, epochs=2)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, pcam_patches):
+    """train/ (6 + 6 patches) and val/ (4 + 4), class sub-folders 0/ and 1/."""
+    root = tmp_path_factory.mktemp("pcam")
+    for split, sl in (("train", slice(0, 6)), ("val", slice(100, 104))):
+        for c in (0, 1):
+            d = root / split / str(c)
+            d.mkdir(parents=True)
+            for f in pcam_patches[c][sl]:
+                shutil.copy(f, d / f.name)
+    return root
+
+
+def _run(gen, stop_after_epoch=None):
+    events = []
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            return stop.value, events
+        events.append(ev)
+        if stop_after_epoch is not None and ev.stage == "epoch" and ev.done == stop_after_epoch:
+            gen.close()  # what a cancelled worker does
+            return None, events
+
+
+def test_roc_auc_matches_pair_counting_with_ties():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    scores = np.round(rng.random(200) + 0.3 * labels, 1)  # many ties
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
+    assert roc_auc(labels, scores) == pytest.approx(pairs, abs=1e-12)
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
+    assert roc_auc([1, 1, 0, 0], [0.1, 0.2, 0.3, 0.4]) == 0.0
+    assert np.isnan(roc_auc([1, 1], [0.1, 0.2]))
+
+
+def test_dataset_loads_labels_and_refuses_bad_folders(folders, tmp_path):
+    data = load_patch_folder(folders / "train", workers=2)
+    assert data.images.shape == (12, 96, 96, 3) and data.images.dtype == np.uint8
+    assert data.labels.tolist() == [0] * 6 + [1] * 6
+    assert data.summary()["per_class"] == {"0": 6, "1": 6}
+    with pytest.raises(DatasetError, match="not found"):
+        load_patch_folder(tmp_path / "nowhere")
+    (tmp_path / "d" / "1").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="'0/' is missing"):
+        load_patch_folder(tmp_path / "d")
+    (tmp_path / "d" / "0").mkdir()
+    with pytest.raises(DatasetError, match="'0/' holds no images"):
+        load_patch_folder(tmp_path / "d")
+    shutil.copy(next((folders / "train" / "0").iterdir()), tmp_path / "d" / "0")
+    (tmp_path / "d" / "1" / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DatasetError, match="broken.jpg.*cannot decode"):
+        load_patch_folder(tmp_path / "d")
+
+
+def test_augmentation_applies_one_dihedral_transform_per_patch():
+    x = torch.rand(16, 3, 8, 8)
+    y = augment_batch(x, torch.Generator().manual_seed(0))
+    seen = set()
+    for a, b in zip(x, y):
+        variants = [torch.rot90(a if k < 4 else a.flip(-1), k % 4, dims=(-2, -1)) for k in range(8)]
+        matches = [k for k, v in enumerate(variants) if torch.equal(v, b)]
+        assert matches
+        seen.add(matches[0])
+    assert len(seen) > 2  # not always the same transform
+
+
+def test_resume_after_cancel_equals_uninterrupted_run(folders, tmp_path):
+    kw = dict(val_dir=folders / "val", config=TINY, seed=3, device="cpu")
+    full, events = _run(train_celnet(folders / "train", tmp_path / "a" / "m.safetensors", **kw))
+    stages = {e.stage for e in events}
+    assert {"load", "train", "validate", "epoch"} <= stages
+    epochs = [e for e in events if e.stage == "epoch"]
+    assert [e.done for e in epochs] == [1, 2]
+    assert {"train_loss", "val_loss", "val_accuracy", "val_auc"} <= set(epochs[-1].metrics)
+
+    out_b = tmp_path / "b" / "m.safetensors"
+    cancelled, _ = _run(train_celnet(folders / "train", out_b, **kw), stop_after_epoch=1)
+    assert cancelled is None and load_checkpoint(last_path(out_b)).epoch == 1
+    resumed, events_b = _run(train_celnet(folders / "train", out_b, resume=True, **kw))
+    assert events_b[[e.stage for e in events_b].index("resume")].done == 1
+    a = load_checkpoint(last_path(tmp_path / "a" / "m.safetensors"))
+    b = load_checkpoint(last_path(out_b))
+    assert a.epoch == b.epoch == 2
+    for name, t in a.model_state.items():
+        assert torch.equal(t, b.model_state[name]), name
+    for name in ("0.momentum_buffer",):
+        assert torch.equal(a.optimizer_state["state"][0]["momentum_buffer"], b.optimizer_state["state"][0]["momentum_buffer"]), name
+    assert a.header["history"][0]["train_loss"] == b.header["history"][0]["train_loss"]
+    best = load_checkpoint(full)
+    assert best.header["best"]["epoch"] == best.epoch
+    assert best.header["classes"] == ["normal", "tumour"] and best.header["mpp"] == TINY.mpp
+
+
+def test_cli_train_and_evaluate(folders, tmp_path, capsys):
+    out = tmp_path / "cli.safetensors"
+    rc = main(["train", "celnet", "--data", str(folders / "train"), "--val", str(folders / "val"),
+               "--out", str(out), "--epochs", "1", "--batch-size", "6", "--lr", "0.01",
+               "--set", "widths=[4,8,8]", "--set", "reduction=2", "--set", "blocks=1"])
+    assert rc == 0 and out.exists()
+    assert "[epoch 1/1]" in capsys.readouterr().out
+    rc = main(["evaluate", "celnet", "--checkpoint", str(out), "--data", str(folders / "val")])
+    metrics = json.loads(capsys.readouterr().out)
+    assert rc == 0 and metrics["n"] == 8
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["auc"] <= 1.0
+    rc = main(["train", "celnet", "--data", str(tmp_path / "missing"), "--out", str(out)])
+    assert rc == 1 and "missing: dataset folder not found" in capsys.readouterr().err
+    rc = main(["train", "celnet", "--data", str(folders / "train"), "--out", str(out), "--set", "blocks=0"])
+    assert rc == 1 and "blocks" in capsys.readouterr().err
