@@ -4,12 +4,13 @@ Two viewers, because two slides share one world (both start at the origin in mic
 
 - "slide": the slide (default: the bundled CMU-1-Small-Region) and its tissue mask, plus
   every ``--result`` folder computed on it;
-- "mosaic": the sample PatchCamelyon mosaic, its ground-truth tumour mask, and the inference
-  results found for it (``--result`` folders whose slide is the mosaic, or the cached CELNet
-  result of an earlier run).
+- "mosaic": the sample PatchCamelyon mosaic, its ground-truth tumour mask, ``--result``
+  folders whose slide is the mosaic, and the layers of every shipped model run on it
+  (:mod:`._models`; cached, so a second start is instant).
 
-Every plugin widget in the manifest is docked in each viewer. Headless, each viewer's canvas
-(and the first viewer's whole window) is saved as PNG, with ``summary.json`` / ``summary.txt``.
+Every plugin widget in the manifest is docked in each viewer; the scale bar is on. Headless,
+each viewer's canvas and whole window are saved as PNG (the mosaic once with its truth and
+once per model), with ``summary.json`` / ``summary.txt``.
 """
 
 from __future__ import annotations
@@ -132,67 +133,263 @@ def run_view(
     headless: bool = False,
     out: str | os.PathLike = "view-out",
     size: tuple[int, int] = (900, 1200),
+    models: bool = True,
+    rerun: bool = False,
+    model_params: dict[str, dict[str, Any]] | None = None,
 ) -> int:
-    """Open the viewers; headless, save screenshots + summary to ``out`` and return."""
+    """Open the viewers and run the shipped models on the sample mosaic.
+
+    Interactive, the viewers open at once and each model's layers appear when it finishes
+    (a worker thread runs them). Headless, the models run first, then screenshots and
+    ``summary.json`` / ``summary.txt`` go to ``out``.
+
+    Parameters
+    ----------
+    models
+        Run every registered method with a bundled checkpoint on the sample mosaic (results
+        cached per method / checkpoint / parameters in the user cache folder).
+    rerun
+        Recompute the models' results even when cached.
+    model_params
+        Per-method keyword arguments for ``infer`` (tests use tiny settings).
+    """
     import napari
 
-    from ._sample_data import cmu1_path, cached_mosaic_results
+    from ._sample_data import cmu1_path
 
     slide_path = slide or str(cmu1_path())
     loaded = _load_results(results or [])
     mosaic_results = [r for r in loaded if _is_mosaic_result(r)]
     slide_results = [r for r in loaded if r not in mosaic_results]
-    if mosaic:
-        mosaic_results += cached_mosaic_results()
 
-    summary: dict[str, Any] = {"napari": napari.__version__, "scenes": {}, "screenshots": []}
+    summary: dict[str, Any] = {"napari": napari.__version__, "scenes": {}, "screenshots": [],
+                               "methods": {}}
     viewers = []
     t0 = time.perf_counter()
     viewer = napari.Viewer(title=f"napari-glimpse: {Path(slide_path).name}", show=True)
     viewers.append(("slide", viewer))
     summary["scenes"]["slide"] = slide_scene(viewer, slide_path, slide_results)
     summary["widgets"] = dock_plugin_widgets(viewer)
+    mv = None
     if mosaic:
         mv = napari.Viewer(title="napari-glimpse: tumour mosaic", show=True)
         try:
             summary["scenes"]["mosaic"] = mosaic_scene(mv, mosaic_results)
         except ImportError as exc:  # the mosaic builder is not installed in this checkout
             mv.close()
+            mv = None
             summary["mosaic_skipped"] = f"sample mosaic unavailable: {exc}"
         else:
             viewers.append(("mosaic", mv))
             dock_plugin_widgets(mv)
     summary["seconds_to_open"] = round(time.perf_counter() - t0, 3)
 
-    for name, v in viewers:
+    for _, v in viewers:
         # Under xvfb the window is shown too: napari renders nothing into a hidden canvas.
         v.window._qt_window.resize(size[1] + 400, size[0] + 150)
+        v.scale_bar.visible = True
+        v.scale_bar.unit = "um"
         _process_events()
-        v.reset_view()
-        summary["scenes"][name]["layers"] = _layer_summary(v)
+        _zoom_to_slide(v)
+
+    job = None
+    if mv is not None and models:
+        from ._models import run_models
+        from ._sample_data import mosaic_results_dir, mosaic_slide_path
+
+        job = _ModelJob(mv, summary["methods"])
+        gen = run_models(str(mosaic_slide_path()), mosaic_results_dir(),
+                         params=model_params, rerun=rerun)
+        if headless:
+            job.drain(gen)
+        else:
+            job.start(gen)
 
     if not headless:
+        for name, v in viewers:
+            summary["scenes"][name]["layers"] = _layer_summary(v)
         napari.run()
         return 0
 
+    for name, v in viewers:
+        summary["scenes"][name]["layers"] = _layer_summary(v)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name, v in viewers:
-        t0 = time.perf_counter()
-        path = out / f"{name}.png"
-        _process_events()
-        img = v.screenshot(str(path), canvas_only=True)
-        v.screenshot(str(out / f"{name}-window.png"), canvas_only=False)
-        summary["scenes"][name]["screenshot"] = str(path)
-        summary["scenes"][name]["seconds_screenshot"] = round(time.perf_counter() - t0, 3)
-        summary["scenes"][name]["screenshot_mean_rgb"] = [
-            round(float(c), 1) for c in np.asarray(img)[..., :3].reshape(-1, 3).mean(axis=0)
-        ]
-        summary["screenshots"].append(str(path))
+        shots = [(name, None)]
+        if name == "mosaic" and job is not None:
+            shots += [(f"mosaic-{m}", m) for m in job.layers if job.layers[m]]
+        for shot, method in shots:
+            shown = job.show_only(method) if (name == "mosaic" and job is not None) else None
+            summary["scenes"].setdefault(shot, {"of": name})
+            summary["scenes"][shot].update(_screenshot(v, out, shot))
+            if shown is not None:
+                summary["scenes"][shot]["visible_layers"] = shown
+            summary["screenshots"].append(summary["scenes"][shot]["screenshot"])
+        if name == "mosaic" and job is not None:
+            job.show_only(None, all_methods=True)
     for _, v in viewers:
         v.close()
     _write_summary(out, summary)
     return 0
+
+
+def _screenshot(viewer, out: Path, name: str) -> dict[str, Any]:
+    """Canvas and whole-window PNGs of ``viewer``; what they show, for the summary."""
+    t0 = time.perf_counter()
+    path = out / f"{name}.png"
+    _process_events()
+    img = viewer.screenshot(str(path), canvas_only=True)
+    viewer.screenshot(str(out / f"{name}-window.png"), canvas_only=False)
+    return {
+        "screenshot": str(path),
+        "window_screenshot": str(out / f"{name}-window.png"),
+        "seconds_screenshot": round(time.perf_counter() - t0, 3),
+        "screenshot_mean_rgb": [
+            round(float(c), 1) for c in np.asarray(img)[..., :3].reshape(-1, 3).mean(axis=0)
+        ],
+    }
+
+
+def _zoom_to_slide(viewer) -> None:
+    """Fit the first slide layer to the canvas (result maps may reach past the slide)."""
+    from ..layers import META_KIND
+
+    slides = [lyr for lyr in viewer.layers if (lyr.metadata or {}).get(META_KIND) == "slide"]
+    viewer.reset_view(layers=slides[:1] or None)
+
+
+class _ModelJob:
+    """Adds each finished model's layers to the mosaic viewer and records its summary."""
+
+    def __init__(self, viewer, methods_summary: dict[str, Any]):
+        from ._sample_data import mosaic_truth
+
+        self.viewer = viewer
+        self.summary = methods_summary
+        self.layers: dict[str, list] = {}
+        self.truth = mosaic_truth()
+        self.worker = None
+        self._pbar = None
+
+    # -------------------------------------------------------------- driving
+
+    def drain(self, gen) -> None:
+        """Headless: run the models here and now."""
+        from ._models import MethodRun
+
+        for item in gen:
+            if isinstance(item, MethodRun):
+                self.add(item)
+
+    def start(self, gen) -> None:
+        """Interactive: run the models in a worker thread; layers appear as each finishes."""
+        from napari.utils import progress
+
+        from .widgets._common import notify_error, start_generator
+
+        self._pbar = progress(total=0, desc="models on the mosaic")
+        self.worker = start_generator(
+            lambda: gen, on_progress=self._on_item, on_result=lambda _: None,
+            on_error=notify_error, on_finished=self._finished)
+        # Closing the window while a model runs must not leave reports for deleted widgets.
+        self.viewer.window._qt_window.destroyed.connect(self._abandon)
+
+    def _abandon(self, *_) -> None:
+        from .widgets._common import abandon
+
+        if self.worker is not None:
+            abandon(self.worker)
+            self.worker = None
+
+    def _on_item(self, item) -> None:
+        from ._models import MethodRun
+
+        if isinstance(item, MethodRun):
+            self.add(item)
+        elif self._pbar is not None:
+            self._pbar.total = max(1, int(item.total))
+            self._pbar.n = int(item.done)
+            self._pbar.set_description(f"{item.stage} {item.message}".strip())
+            self._pbar.refresh()
+
+    def _finished(self) -> None:
+        self.worker = None
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+
+    # -------------------------------------------------------------- results
+
+    def add(self, run) -> None:
+        """Add one method's layers (replacing an earlier run's) and summarise it."""
+        from ..layers import result_to_layers
+        from ._models import truth_check
+        from .widgets._common import replace_layers
+
+        entry: dict[str, Any] = {"checkpoint": run.checkpoint, "cache_dir": run.cache_dir,
+                                 "cached": run.cached, "seconds_wall": round(run.seconds_wall, 3)}
+        self.summary[run.method] = entry
+        if run.result is None:
+            entry["error"] = run.info.get("error")
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"{run.method} failed on the sample mosaic: {entry['error']}")
+            return
+        r = run.result
+        s = r.summary or {}
+        entry.update({"slide_score": r.slide_score, "seconds": s.get("seconds"),
+                      "patches_read": s.get("patches_read"), "pixels_read": s.get("pixels_read")})
+        mpp = _slide_layer_mpp(self.viewer)
+        layer_data = result_to_layers(r, mpp=mpp)
+        _style_result_layers(layer_data)
+        added = replace_layers(self.viewer, layer_data, f"{run.method}:{r.slide_path}")
+        self.layers[run.method] = added
+        entry["layers"] = [lyr.name for lyr in added]
+        entry["truth"] = truth_check(r, *self.truth)
+        _run_layers_hook(run.method, self.viewer)
+
+    def show_only(self, method: str | None, all_methods: bool = False) -> list[str]:
+        """Show the slide, the truth (as an outline under a method) and one method's layers."""
+        from ..layers import META_KIND
+
+        mine = {id(lyr) for m, lys in self.layers.items() for lyr in lys
+                if all_methods or m == method}
+        ours = {id(lyr) for lys in self.layers.values() for lyr in lys}
+        for lyr in self.viewer.layers:
+            if id(lyr) in ours:
+                lyr.visible = id(lyr) in mine
+            elif (lyr.metadata or {}).get(META_KIND) == "mask":
+                lyr.visible = True
+                lyr.contour = 0 if method is None else 3  # outline: keep the overlay readable
+        return [lyr.name for lyr in self.viewer.layers if lyr.visible]
+
+
+def _slide_layer_mpp(viewer):
+    from ..layers import META_KIND, META_MPP
+
+    for lyr in viewer.layers:
+        md = lyr.metadata or {}
+        if md.get(META_KIND) == "slide" and md.get(META_MPP) is not None:
+            return tuple(md[META_MPP])
+    return None
+
+
+def _style_result_layers(layer_data: list[tuple]) -> None:
+    """Nothing yet: kept so that the view can restyle without touching results."""
+
+
+def _run_layers_hook(method: str, viewer) -> None:
+    """A method may ask for a hook after its layers are added (glimpse-tree: click-select)."""
+    import importlib
+
+    from ..methods.registry import get_method
+
+    ref = (get_method(method).extra or {}).get("napari_layers_hook")
+    if not ref:
+        return
+    module, _, attr = ref.partition(":")
+    getattr(importlib.import_module(module), attr)(viewer)
 
 
 def _process_events() -> None:
@@ -226,6 +423,19 @@ def _write_summary(out: Path, summary: dict[str, Any]) -> None:
         for layer in scene.get("layers", []):
             lines.append(f"  layer {layer['name']!r} ({layer['type']}) shape {layer['shape']} "
                          f"scale {[round(s, 4) for s in layer['scale']]}")
+    for method, m in summary.get("methods", {}).items():
+        lines.append(f"[model {method}] checkpoint {Path(m['checkpoint']).name}"
+                     f"{' (cached result)' if m.get('cached') else ''}")
+        if "error" in m:
+            lines.append(f"  FAILED: {m['error']}")
+            continue
+        score = m.get("slide_score")
+        lines.append(f"  slide_score {score if score is None else round(float(score), 4)}, "
+                     f"seconds {m.get('seconds') and round(float(m['seconds']), 2)}, "
+                     f"patches_read {m.get('patches_read')}, pixels_read {m.get('pixels_read')}")
+        lines.append(f"  layers: {', '.join(m.get('layers', []))}")
+        for key, value in m.get("truth", {}).items():
+            lines.append(f"  truth: {key}: {value}")
     atomic(out / "summary.txt", "\n".join(lines) + "\n")
 
 

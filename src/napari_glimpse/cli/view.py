@@ -1,4 +1,8 @@
-"""``napari-glimpse view``: open a slide (and the sample mosaic with its truth) in napari.
+"""``napari-glimpse view``: open a slide and the sample mosaic in napari, run the shipped models.
+
+The sample mosaic (PCam patches with a known tumour mask) gets the layers of every registered
+method with a bundled checkpoint, computed in the background and cached in the user cache
+folder (``--rerun`` recomputes them).
 
 Without a display (no ``$DISPLAY`` / ``$WAYLAND_DISPLAY``) or with ``--headless``, nothing is
 shown: each viewer's canvas is saved as PNG with ``summary.json`` / ``summary.txt`` in
@@ -26,6 +30,10 @@ def add_parsers(sub) -> None:
                    help="an inference result folder to overlay (repeatable)")
     p.add_argument("--no-mosaic", dest="mosaic", action="store_false",
                    help="do not open the sample tumour mosaic")
+    p.add_argument("--no-models", dest="models", action="store_false",
+                   help="do not run the shipped models on the sample mosaic")
+    p.add_argument("--rerun", action="store_true",
+                   help="recompute the models' results even when cached")
     p.add_argument("--headless", action="store_true",
                    help="show nothing; write screenshots + summary to --out and exit")
     p.add_argument("--out", default="view-out", metavar="DIR",
@@ -49,6 +57,10 @@ def _argv(args) -> list[str]:
         argv += ["--result", r]
     if not args.mosaic:
         argv.append("--no-mosaic")
+    if not args.models:
+        argv.append("--no-models")
+    if args.rerun:
+        argv.append("--rerun")
     argv += ["--headless", "--out", args.out, "--size", *map(str, args.size)]
     return argv
 
@@ -72,6 +84,8 @@ def view(args) -> int:
         slide=args.slide,
         results=args.result,
         mosaic=args.mosaic,
+        models=args.models,
+        rerun=args.rerun,
         headless=headless,
         out=args.out,
         size=tuple(args.size),
