@@ -46,7 +46,12 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--json", help="write all numbers here")
     p.add_argument("--markdown", help="write the table here too")
+    p.add_argument("--only", choices=("supervised", "mil"),
+                   help="run one model (two processes in parallel halve the wall time); --merge joins them")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="join the JSON of --only runs into one table")
     args = p.parse_args(argv)
+    if args.merge:
+        return _merge(args)
 
     import torch
 
@@ -61,6 +66,8 @@ def main(argv=None) -> int:
     labels = np.array([i.label for i in items])
     models = {}
     for name, ckpt in (("supervised", args.supervised), ("mil", args.mil)):
+        if args.only and name != args.only:
+            continue
         model, _, loaded = load_model(ckpt, "cpu")
         models[name] = (model, loaded.path)
     settings = [(t, n) for t in args.temperatures for n in args.leaves] + [("all", None), ("all-tissue", None)]
@@ -101,13 +108,14 @@ def main(argv=None) -> int:
     for row in rows.values():
         for mname, r in row.items():
             r["speedup_vs_all"] = rows["all"][mname]["seconds_per_slide"] / r["seconds_per_slide"]
-    table = _markdown(rows, settings, len(items), int(labels.sum()), args)
+    table = _markdown(rows, settings, len(items), int(labels.sum()), args.reps, args.threads, args.tissue_min)
     print(table)
     meta = {"data": str(args.data), "slides": len(items), "positive": int(labels.sum()), "reps": args.reps,
             "all_reps": args.all_reps, "threads": args.threads, "checkpoints": {m: v[1] for m, v in models.items()},
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared)",
             "python": platform.python_version(), "torch": torch.__version__,
-            "elapsed_s": time.time() - t_start}
+            "elapsed_s": time.time() - t_start, "settings": [list(x) for x in settings],
+            "tissue_min": args.tissue_min}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
@@ -120,21 +128,48 @@ def _key(s) -> str:
     return s[0] if isinstance(s[0], str) else f"T={s[0]} N_G={s[1]}"
 
 
-def _markdown(rows, settings, n, n_pos, args) -> str:
-    out = [f"Slide AUC (mean ± SD over {args.reps} seeds; 'All' is deterministic) and seconds per slide on "
-           f"{n} mosaics ({n_pos} with tumour), CPU, {args.threads} torch thread(s).", "",
-           "| T | N_G | AUC MIL | AUC supervised | s / slide MIL | s / slide supervised | speed-up vs All (sup.) "
-           "| glimpses read (sup.) |",
+def _cells(r) -> tuple[str, str, str]:
+    if r is None:
+        return "–", "–", "–"
+    return (f"{r['auc_mean']:.4f} ± {r['auc_sd']:.4f}", f"{r['seconds_per_slide']:.3f}", f"{r['speedup_vs_all']:.1f}x")
+
+
+def _markdown(rows, settings, n, n_pos, reps, threads, tissue_min) -> str:
+    out = [f"Slide AUC (mean ± SD over {reps} seeds; 'All' is deterministic) and seconds per slide (slide "
+           f"opening, tissue mask and reading included) on {n} mosaics ({n_pos} with tumour), CPU, {threads} "
+           "torch thread(s).", "",
+           "| T | N_G | AUC MIL | AUC supervised | s / slide MIL | s / slide supervised | speed-up vs All "
+           "(MIL / sup.) | glimpses read |",
            "|---|---|---|---|---|---|---|---|"]
     for s in settings:
         key = _key(s)
-        m, su = rows[key]["mil"], rows[key]["supervised"]
-        t_col, n_col = {"all": ("–", "All"), "all-tissue": ("–", f"All, tiles with ≥ {args.tissue_min:g} tissue")
+        m, su = rows[key].get("mil"), rows[key].get("supervised")
+        t_col, n_col = {"all": ("–", "All"), "all-tissue": ("–", f"All, tiles with ≥ {tissue_min:g} tissue")
                         }.get(s[0]) or (f"{s[0]:g}", str(s[1]))
-        out.append(f"| {t_col} | {n_col} | {m['auc_mean']:.4f} ± {m['auc_sd']:.4f} | "
-                   f"{su['auc_mean']:.4f} ± {su['auc_sd']:.4f} | {m['seconds_per_slide']:.3f} | "
-                   f"{su['seconds_per_slide']:.3f} | {su['speedup_vs_all']:.1f}x | {su['patches_per_slide']:.0f} |")
+        (ma, ms, mx), (sa, ss, sx) = _cells(m), _cells(su)
+        glimpses = (su or m)["patches_per_slide"]
+        out.append(f"| {t_col} | {n_col} | {ma} | {sa} | {ms} | {ss} | {mx} / {sx} | {glimpses:.0f} |")
     return "\n".join(out)
+
+
+def _merge(args) -> int:
+    docs = [json.loads(Path(p).read_text()) for p in args.merge]
+    rows: dict = {}
+    for d in docs:
+        for key, row in d["rows"].items():
+            rows.setdefault(key, {}).update(row)
+    meta = dict(docs[0]["meta"])
+    meta["checkpoints"] = {k: v for d in docs for k, v in d["meta"]["checkpoints"].items()}
+    meta["elapsed_s"] = [d["meta"]["elapsed_s"] for d in docs]
+    settings = [tuple(x) for x in meta["settings"]]
+    table = _markdown(rows, settings, meta["slides"], meta["positive"], meta["reps"], meta["threads"],
+                      meta["tissue_min"])
+    print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows, "merged_from": args.merge}, indent=2) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    return 0
 
 
 if __name__ == "__main__":
