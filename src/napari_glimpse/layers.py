@@ -238,13 +238,37 @@ def map_to_layer_data(m: SlideMap, mpp: Sequence[float] | None = None) -> LayerD
     }
     if m.kind == "labels":
         return data.astype(np.int32, copy=False), kwargs, "labels"
-    kwargs["colormap"] = m.colormap
+    kwargs["colormap"] = _fading_colormap(m.colormap) if data.ndim == 2 else m.colormap
+    kwargs["blending"] = "translucent"
     if m.contrast_limits is not None:
         kwargs["contrast_limits"] = tuple(float(c) for c in m.contrast_limits)
     elif data.size:
         lo, hi = float(np.nanmin(data)), float(np.nanmax(data))
         kwargs["contrast_limits"] = (lo, hi if hi > lo else lo + 1.0)
     return data, kwargs, "image"
+
+
+def _fading_colormap(name: str):
+    """``name`` with its low end transparent, so a heatmap over a slide hides only where it is high.
+
+    A plain colormap paints "nothing here" (0) in its darkest colour over the whole slide,
+    which hides the tissue under a dark veil. Falls back to the name when napari's colormaps
+    cannot be had (this module must work without a viewer).
+    """
+    try:
+        from napari.utils.colormaps import Colormap, ensure_colormap
+    except ImportError:
+        return name
+    try:
+        base = ensure_colormap(name)
+    except (KeyError, ValueError, TypeError):
+        return name
+    n = 64
+    ramp = np.linspace(0.0, 1.0, n)
+    colors = base.map(ramp).copy()
+    # alpha 0 at the bottom, opaque from a third of the range up
+    colors[:, 3] = np.clip(ramp * 3.0, 0.0, 1.0)
+    return Colormap(colors, controls=ramp, name=f"{base.name} (fading)")
 
 
 def _features(properties: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
@@ -254,11 +278,15 @@ def _features(properties: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray
 def points_to_layer_data(p: SlidePoints, mpp: Sequence[float] | None = None) -> LayerDataTuple:
     """:class:`SlidePoints` (level-0 x, y) as a Points layer in microns."""
     world = coords.points_to_world(p.xy, mpp)
+    # Rings, not discs: a peak marks where to look, it must not hide what is there.
     kwargs = {
         "name": p.name,
         "ndim": 2,
         "size": float(p.size_px) * min(coords.effective_mpp(mpp)),
-        "face_color": p.face_color,
+        "face_color": "transparent",
+        "border_color": p.face_color,
+        "border_width": 0.12,
+        "border_width_is_relative": True,
         "features": _features(p.properties, len(world)),
         "metadata": {META_KIND: "points", META_MPP: _mpp_meta(mpp), **p.metadata},
     }

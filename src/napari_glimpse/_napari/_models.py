@@ -157,7 +157,9 @@ def truth_check(result, mask, label: int | None) -> dict[str, Any]:
         out[f"{b.name}: centre in tumour"] = f"{int(hit.sum())}/{len(hit)}"
         out["top_glimpse_in_tumour"] = bool(hit[top])
         out["top_glimpse_score"] = round(float(b.properties["score"][top]), 4)
-    heat = [m for m in result.maps if m.kind != "labels" and np.ndim(m.data) == 2]
+    # A method's first heatmap is its tumour map unless it scores boxes (glimpse-tree's
+    # maps are policy Q maps: where to look, not where tumour is).
+    heat = [] if scored else [m for m in result.maps if m.kind != "labels" and np.ndim(m.data) == 2]
     if heat:
         m = heat[0]
         data = np.nan_to_num(np.asarray(m.data, dtype=float), nan=-np.inf)

@@ -187,8 +187,7 @@ def run_view(
     for _, v in viewers:
         # Under xvfb the window is shown too: napari renders nothing into a hidden canvas.
         v.window._qt_window.resize(size[1] + 400, size[0] + 150)
-        v.scale_bar.visible = True
-        v.scale_bar.unit = "um"
+        _scale_bar_um(v)
         _process_events()
         _zoom_to_slide(v)
 
@@ -249,6 +248,29 @@ def _screenshot(viewer, out: Path, name: str) -> dict[str, Any]:
             round(float(c), 1) for c in np.asarray(img)[..., :3].reshape(-1, 3).mean(axis=0)
         ],
     }
+
+
+def _scale_bar_um(viewer) -> None:
+    """Scale bar on, in microns when the slide has an mpp (every layer is placed in um).
+
+    napari >= 0.6 takes units from the layers (all must agree), so each layer, and each
+    layer added later (e.g. by the "Run model" widget), is told it is in micrometres.
+    """
+    canvas = getattr(viewer, "canvas", None)  # napari >= 0.9 moved overlays to the canvas
+    bar = canvas.overlays.scale_bar if canvas is not None else viewer.scale_bar
+    bar.visible = True
+    if _slide_layer_mpp(viewer) is None:
+        return
+    if not hasattr(viewer.layers[0], "units"):  # napari < 0.6: the scale bar holds the unit
+        bar.unit = "um"
+        return
+
+    def to_um(layer) -> None:
+        layer.units = ("um",) * layer.ndim
+
+    for layer in viewer.layers:
+        to_um(layer)
+    viewer.layers.events.inserted.connect(lambda ev: to_um(ev.value))
 
 
 def _zoom_to_slide(viewer) -> None:
@@ -342,11 +364,17 @@ class _ModelJob:
                       "patches_read": s.get("patches_read"), "pixels_read": s.get("pixels_read")})
         mpp = _slide_layer_mpp(self.viewer)
         layer_data = result_to_layers(r, mpp=mpp)
-        _style_result_layers(layer_data)
+        if mpp is not None and _layers_have_units(self.viewer):
+            for _, kwargs, _ in layer_data:  # before insertion: napari checks units on insert
+                n = len(kwargs["scale"]) if "scale" in kwargs else kwargs.get("ndim", 2)
+                kwargs["units"] = ("um",) * n
         added = replace_layers(self.viewer, layer_data, f"{run.method}:{r.slide_path}")
         self.layers[run.method] = added
         entry["layers"] = [lyr.name for lyr in added]
         entry["truth"] = truth_check(r, *self.truth)
+        for lyr in added:  # policy Q maps cover whole regions: shown when a glimpse is picked
+            if (lyr.metadata or {}).get("glimpse_role") == "q_map":
+                lyr.visible = False
         _run_layers_hook(run.method, self.viewer)
 
     def show_only(self, method: str | None, all_methods: bool = False) -> list[str]:
@@ -358,11 +386,16 @@ class _ModelJob:
         ours = {id(lyr) for lys in self.layers.values() for lyr in lys}
         for lyr in self.viewer.layers:
             if id(lyr) in ours:
-                lyr.visible = id(lyr) in mine
+                q_map = (lyr.metadata or {}).get("glimpse_role") == "q_map"
+                lyr.visible = id(lyr) in mine and not q_map
             elif (lyr.metadata or {}).get(META_KIND) == "mask":
                 lyr.visible = True
                 lyr.contour = 0 if method is None else 3  # outline: keep the overlay readable
         return [lyr.name for lyr in self.viewer.layers if lyr.visible]
+
+
+def _layers_have_units(viewer) -> bool:
+    return bool(len(viewer.layers)) and hasattr(viewer.layers[0], "units")
 
 
 def _slide_layer_mpp(viewer):
@@ -373,10 +406,6 @@ def _slide_layer_mpp(viewer):
         if md.get(META_KIND) == "slide" and md.get(META_MPP) is not None:
             return tuple(md[META_MPP])
     return None
-
-
-def _style_result_layers(layer_data: list[tuple]) -> None:
-    """Nothing yet: kept so that the view can restyle without touching results."""
 
 
 def _run_layers_hook(method: str, viewer) -> None:
