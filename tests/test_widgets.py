@@ -417,3 +417,36 @@ def test_training_one_epoch_checkpoint_appears_in_inference_widget(
     qtbot.waitUntil(lambda: training.worker is None, timeout=120_000)
     assert training.status.value.startswith("saved"), training.status.value
     assert ("epoch", 2) in epochs_seen and ("epoch", 1) not in epochs_seen
+
+
+@pytest.mark.gui
+def test_glimpse_tree_run_attaches_click_select_and_layers_are_in_um(
+    make_napari_viewer, qtbot, tiny_mosaic
+):
+    """The widget runs the method's layers hook (as `view` does) and its layers say um,
+    like the slide's: napari wants one unit per axis across layers for the scale bar."""
+    from napari_glimpse._napari.widgets import InferenceWidget
+    from napari_glimpse._napari.widgets._inference import DEFAULT
+
+    viewer = make_napari_viewer()
+    slide = open_slide_layer(viewer, tiny_mosaic.path)
+    _, w = viewer.window.add_plugin_dock_widget("napari-glimpse", "Run model")
+    assert isinstance(w, InferenceWidget)
+    w.method.value = "glimpse-tree"
+    w.checkpoint.value = DEFAULT  # the shipped checkpoint
+    w.device.value = "cpu"
+    hooked = lambda: [cb for cb in viewer.mouse_drag_callbacks  # noqa: E731
+                      if getattr(cb, "_glimpse_select_callback", False)]
+    assert not hooked()
+    run_to_end(qtbot, w, timeout=180_000)
+    assert w.status.value.startswith("done"), w.status.value
+    added = [lyr for lyr in viewer.layers if lyr.metadata.get("glimpse_run")]
+    assert any(lyr.metadata.get("glimpse_role") == "boxes" for lyr in added), added
+    assert len(hooked()) == 1
+    for layer in [slide, *added]:
+        assert [str(u) for u in layer.units] == ["micrometer"] * layer.ndim, layer.name
+    units = viewer.layers.units  # None when the layers' units disagree
+    assert units is not None and [str(u) for u in units[-2:]] == ["micrometer"] * 2
+
+    run_to_end(qtbot, w, timeout=180_000)  # a re-run calls the hook again: still one callback
+    assert len(hooked()) == 1

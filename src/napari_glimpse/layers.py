@@ -31,6 +31,32 @@ def _mpp_meta(mpp: Sequence[float] | None) -> list[float] | None:
     return None if mpp is None else [float(mpp[0]), float(mpp[1])]
 
 
+def _napari_has_layer_units() -> bool:
+    """Whether napari layers take ``units`` (napari >= 0.6); True when napari is absent,
+    since the tuples are then plain data. Reads the version only: importing napari is slow."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = (int(p) for p in version("napari").split(".")[:2])
+    except PackageNotFoundError:
+        return True
+    except ValueError:  # a development version string we cannot read: assume a new napari
+        return True
+    return (major, minor) >= (0, 6)
+
+
+def _units(mpp: Sequence[float] | None, ndim: int) -> dict[str, Any]:
+    """``{"units": ("um",) * ndim}`` when the layer is in microns.
+
+    napari >= 0.6 takes the scale bar's unit from the layers and warns when they disagree,
+    so every layer made here says it is in micrometres (and stays in pixels, the default,
+    when the slide has no mpp). Set at construction: napari checks units on insertion.
+    """
+    if mpp is None or not _napari_has_layer_units():
+        return {}
+    return {"units": ("um",) * ndim}
+
+
 def _pad_transform(scale, translate, ndim: int):
     """Leading non-spatial axes (a stack's channel slider) get scale 1, translate 0."""
     extra = ndim - 2
@@ -78,6 +104,7 @@ def slide_to_layer_data(slide, name: str | None = None) -> LayerDataTuple:
         "scale": scale,
         "translate": translate,
         "metadata": metadata,
+        **_units(slide.mpp, len(scale)),
     }
     data = levels if len(levels) > 1 else levels[0]
     return data, kwargs, "image"
@@ -126,6 +153,7 @@ def mask_to_layer_data(
         "translate": translate,
         "opacity": opacity,
         "metadata": meta,
+        **_units(mpp, len(scale)),
     }
     return data, kwargs, "labels"
 
@@ -178,6 +206,7 @@ def annotations_to_shapes_data(
         "face_color": "transparent",
         "edge_width": edge_um,
         "metadata": meta,
+        **_units(mpp, 2),
     }
     return verts, kwargs, "shapes"
 
@@ -235,6 +264,7 @@ def map_to_layer_data(m: SlideMap, mpp: Sequence[float] | None = None) -> LayerD
         "translate": translate,
         "opacity": m.opacity,
         "metadata": meta,
+        **_units(mpp, len(scale)),
     }
     if m.kind == "labels":
         return data.astype(np.int32, copy=False), kwargs, "labels"
@@ -289,6 +319,7 @@ def points_to_layer_data(p: SlidePoints, mpp: Sequence[float] | None = None) -> 
         "border_width_is_relative": True,
         "features": _features(p.properties, len(world)),
         "metadata": {META_KIND: "points", META_MPP: _mpp_meta(mpp), **p.metadata},
+        **_units(mpp, 2),
     }
     return world, kwargs, "points"
 
@@ -305,6 +336,7 @@ def boxes_to_layer_data(b: SlideBoxes, mpp: Sequence[float] | None = None) -> La
         "edge_width": float(b.edge_width_px) * min(coords.effective_mpp(mpp)),
         "features": _features(b.properties, len(rects)),
         "metadata": {META_KIND: "boxes", META_MPP: _mpp_meta(mpp), **b.metadata},
+        **_units(mpp, 2),
     }
     if b.text and b.text in b.properties:
         kwargs["text"] = {"string": "{" + b.text + ":.2f}", "color": "white", "size": 10}
@@ -323,6 +355,7 @@ def lines_to_layer_data(seg: SlideLines, mpp: Sequence[float] | None = None) -> 
         "edge_width": float(seg.edge_width_px) * min(coords.effective_mpp(mpp)),
         "features": _features(seg.properties, len(lines)),
         "metadata": {META_KIND: "lines", META_MPP: _mpp_meta(mpp), **seg.metadata},
+        **_units(mpp, 2),
     }
     return lines, kwargs, "shapes"
 

@@ -62,6 +62,7 @@ def slide_scene(viewer, slide_path: str, results: list) -> dict[str, Any]:
     """Slide + tissue mask + results on it. Raises GlimpseError on a bad slide."""
     from ..layers import mask_to_layer_data, result_to_layers, slide_to_layer_data
     from ..slides import open_slide
+    from .widgets._common import run_layers_hook
     from ..slides.tissue import tissue_mask
 
     t0 = time.perf_counter()
@@ -76,6 +77,7 @@ def slide_scene(viewer, slide_path: str, results: list) -> dict[str, Any]:
     t_tissue = time.perf_counter() - t0
     for result in results:
         layers += _add(viewer, result_to_layers(result, mpp=slide.mpp))
+        run_layers_hook(result.method, viewer)
     return {
         "slide": slide_path,
         "format": slide.format,
@@ -93,12 +95,14 @@ def mosaic_scene(viewer, results: list) -> dict[str, Any]:
     """The sample mosaic + its ground-truth mask + results for it."""
     from ..layers import result_to_layers
     from ._sample_data import mosaic_layer_data
+    from .widgets._common import run_layers_hook
 
     t0 = time.perf_counter()
     layer_data, info = mosaic_layer_data()
     _add(viewer, layer_data)
     for result in results:
         _add(viewer, result_to_layers(result, mpp=info.get("mpp")))
+        run_layers_hook(result.method, viewer)
     info["seconds_open"] = round(time.perf_counter() - t0, 3)
     info["results"] = [r.method for r in results]
     return info
@@ -253,8 +257,9 @@ def _screenshot(viewer, out: Path, name: str) -> dict[str, Any]:
 def _scale_bar_um(viewer) -> None:
     """Scale bar on, in microns when the slide has an mpp (every layer is placed in um).
 
-    napari >= 0.6 takes units from the layers (all must agree), so each layer, and each
-    layer added later (e.g. by the "Run model" widget), is told it is in micrometres.
+    napari >= 0.6 takes units from the layers (all must agree). Layers made by
+    :mod:`napari_glimpse.layers` already say micrometres; this also tells any other layer
+    (one drawn by hand, say), now or added later.
     """
     canvas = getattr(viewer, "canvas", None)  # napari >= 0.9 moved overlays to the canvas
     bar = canvas.overlays.scale_bar if canvas is not None else viewer.scale_bar
@@ -363,19 +368,14 @@ class _ModelJob:
         entry.update({"slide_score": r.slide_score, "seconds": s.get("seconds"),
                       "patches_read": s.get("patches_read"), "pixels_read": s.get("pixels_read")})
         mpp = _slide_layer_mpp(self.viewer)
-        layer_data = result_to_layers(r, mpp=mpp)
-        if mpp is not None and _layers_have_units(self.viewer):
-            for _, kwargs, _ in layer_data:  # before insertion: napari checks units on insert
-                n = len(kwargs["scale"]) if "scale" in kwargs else kwargs.get("ndim", 2)
-                kwargs["units"] = ("um",) * n
-        added = replace_layers(self.viewer, layer_data, f"{run.method}:{r.slide_path}")
+        added = replace_layers(self.viewer, result_to_layers(r, mpp=mpp),
+                               f"{run.method}:{r.slide_path}", method=run.method)
         self.layers[run.method] = added
         entry["layers"] = [lyr.name for lyr in added]
         entry["truth"] = truth_check(r, *self.truth)
         for lyr in added:  # policy Q maps cover whole regions: shown when a glimpse is picked
             if (lyr.metadata or {}).get("glimpse_role") == "q_map":
                 lyr.visible = False
-        _run_layers_hook(run.method, self.viewer)
 
     def show_only(self, method: str | None, all_methods: bool = False) -> list[str]:
         """Show the slide, the truth (as an outline under a method) and one method's layers."""
@@ -394,10 +394,6 @@ class _ModelJob:
         return [lyr.name for lyr in self.viewer.layers if lyr.visible]
 
 
-def _layers_have_units(viewer) -> bool:
-    return bool(len(viewer.layers)) and hasattr(viewer.layers[0], "units")
-
-
 def _slide_layer_mpp(viewer):
     from ..layers import META_KIND, META_MPP
 
@@ -406,19 +402,6 @@ def _slide_layer_mpp(viewer):
         if md.get(META_KIND) == "slide" and md.get(META_MPP) is not None:
             return tuple(md[META_MPP])
     return None
-
-
-def _run_layers_hook(method: str, viewer) -> None:
-    """A method may ask for a hook after its layers are added (glimpse-tree: click-select)."""
-    import importlib
-
-    from ..methods.registry import get_method
-
-    ref = (get_method(method).extra or {}).get("napari_layers_hook")
-    if not ref:
-        return
-    module, _, attr = ref.partition(":")
-    getattr(importlib.import_module(module), attr)(viewer)
 
 
 def _process_events() -> None:

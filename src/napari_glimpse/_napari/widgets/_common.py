@@ -111,11 +111,15 @@ def slide_mpp(layer) -> tuple[float, float] | None:
     return None if mpp is None else (float(mpp[0]), float(mpp[1]))
 
 
-def replace_layers(viewer, layer_data: list[tuple], run_key: str) -> list:
+def replace_layers(viewer, layer_data: list[tuple], run_key: str,
+                   method: str | None = None) -> list:
     """Add result layers, first removing the layers an earlier run with ``run_key`` made.
 
     A new layer takes the place (index) of the old one of the same name, so a re-run keeps
-    the user's layer order; the others go on top.
+    the user's layer order; the others go on top. The layers' kwargs come from
+    :mod:`napari_glimpse.layers`, which also sets their units (micrometres when the slide
+    has an mpp). With ``method``, that method's layers hook runs afterwards
+    (:func:`run_layers_hook`).
     """
     old = [lyr for lyr in viewer.layers if (lyr.metadata or {}).get(META_RUN) == run_key]
     old_index = {lyr.name: viewer.layers.index(lyr) for lyr in old}
@@ -130,7 +134,31 @@ def replace_layers(viewer, layer_data: list[tuple], run_key: str) -> list:
             target = min(old_index[layer.name], len(viewer.layers) - 1)
             viewer.layers.move(viewer.layers.index(layer), target)
         added.append(layer)
+    if method is not None:
+        run_layers_hook(method, viewer)
     return added
+
+
+def run_layers_hook(method: str, viewer) -> None:
+    """Call the method's ``extra["napari_layers_hook"]`` ("module:function") with ``viewer``.
+
+    A method may need viewer glue once its layers are in (glimpse-tree: click a glimpse to
+    select its subtree). Hooks must be safe to call more than once: every run calls it.
+    A method not in the registry (e.g. a result saved by a plugin not installed) has none.
+    """
+    import importlib
+
+    from ...methods.registry import get_method
+
+    try:
+        spec = get_method(method)
+    except KeyError:
+        return
+    ref = (spec.extra or {}).get("napari_layers_hook")
+    if not ref:
+        return
+    module, _, attr = ref.partition(":")
+    getattr(importlib.import_module(module), attr)(viewer)
 
 
 # ------------------------------------------------------------ recent checkpoints

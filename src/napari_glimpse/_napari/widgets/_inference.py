@@ -197,7 +197,8 @@ class InferenceWidget(Container):
                                             region=region, params=params)
 
         def on_result(result):
-            replace_layers(self.viewer, result_to_layers(result, mpp=mpp), run_key)
+            replace_layers(self.viewer, result_to_layers(result, mpp=mpp), run_key,
+                           method=spec.name)
             if checkpoint is not None:  # a file that worked is worth offering next time
                 self.recent.add(checkpoint, spec.name)
             s = result.summary or {}
