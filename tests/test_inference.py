@@ -7,6 +7,7 @@ import pytest
 import torch
 from fake_slides import FakeSlide, FakeTissue
 
+from napari_glimpse.methods.celm import CELMParams
 from napari_glimpse.methods.celnet import CELNet, CELNetConfig
 from napari_glimpse.methods.celnet_infer import dense_tile_probabilities, infer_celnet
 from napari_glimpse.runtime.inference import (
@@ -185,3 +186,105 @@ def test_cli_infer_writes_summary_maps_and_geojson(tmp_path, capsys):
     bad = main(["infer", "celnet", "--checkpoint", str(tmp_path / "missing.safetensors"), slide,
                 "--out", str(tmp_path / "x"), "--quiet"])
     assert bad == 1
+
+
+# ------------------------------------------------------------- progress, cancel, edges
+
+
+def test_banded_features_equal_whole_features():
+    from napari_glimpse.methods.celnet_dense import count_pieces, iter_features
+
+    model = tiny_celnet()
+    x = torch.from_numpy(textured(148, 148, seed=3)).permute(2, 0, 1).float().div(255)[None]
+    with torch.no_grad():
+        ref2, ref3 = model.features(x)
+    piece = 148 * 4 * 6  # a few rows per band, so every layer runs in many bands
+    gen, yields = iter_features(model, x, piece), 0
+    while True:
+        try:
+            next(gen)
+            yields += 1
+        except StopIteration as stop:
+            f2, f3 = stop.value
+            break
+    assert yields == count_pieces(model, 148, 1, piece) > 20
+    assert (f2 - ref2).abs().max() <= 1e-5 and (f3 - ref3).abs().max() <= 1e-5
+
+
+def test_default_celnet_tile_reports_progress_many_times():
+    from napari_glimpse.methods.celnet_dense import DEFAULT_PIECE, count_pieces
+
+    # A 1536-px tile of the paper's CELNet took a minute on a loaded CPU: it must report
+    # (and so be cancellable) dozens of times, not once.
+    assert count_pieces(CELNet(CELNetConfig()), 1536, 1, DEFAULT_PIECE["cpu"]) >= 40
+
+
+def test_slide_inference_yields_within_tiles_and_stops_when_dropped():
+    model = tiny_celnet()
+    slide = FakeSlide(textured(256, 256, seed=4), mpp=(1.0, 1.0), downsamples=(1,))
+    kw = dict(stride=8, tile_size=200, tissue=None, celm=False)
+    whole, whole_events = run(infer_celnet(slide, model, piece_size=2**40, **kw))
+    tiles = whole.summary["patches_read"]
+    layers = 1 + 3 * model.config.blocks  # stem + blocks: one report each when unbanded
+    assert tiles >= 2 and sum("features" in e.message for e in whole_events) == tiles * layers
+    banded, events = run(infer_celnet(slide, model, piece_size=8000, **kw))
+    assert sum("features" in e.message for e in events) >= 20 * tiles  # many reports per tile
+    assert [e.done for e in events] == sorted(e.done for e in events) and events[-1].done == events[-1].total
+    np.testing.assert_allclose(banded.maps[0].data, whole.maps[0].data, atol=1e-5)
+    # CELM reports after every batch (here one window each: 4 windows on the lattice).
+    _, events = run(infer_celnet(slide, model, region=(0, 0, 64, 64), stride=8, tissue=None,
+                                 celm=True, celm_batch=1, params=CELMParams(prob_threshold=0.0)))
+    assert [e.message.split(": ")[-1] for e in events if "evidence" in e.message] == [
+        f"evidence {i}/4 windows" for i in range(1, 5)]
+    # A consumer that stops iterating stops the run: no further tile is read.
+    slide.reads.clear()
+    gen = infer_celnet(slide, model, piece_size=8000, **kw)
+    next(gen)
+    gen.close()
+    assert len(slide.reads) == 1
+
+
+def test_map_ends_where_window_centres_leave_the_region():
+    model = tiny_celnet()
+    p, m, stride = model.config.patch_size, model.context_margin, 8
+    for width, height in ((100, 61), (104, 64), (97, 99)):
+        slide = FakeSlide(textured(height, width, seed=5), mpp=(1.0, 1.0), downsamples=(1,))
+        result, _ = run(infer_celnet(slide, model, stride=stride, tissue=None, celm=False))
+        prob = result.maps[0]
+        rows, cols = prob.data.shape
+        ox, oy = prob.origin
+        # Last cell's centre inside the slide, the next one's outside: the map ends within
+        # half a cell of the right / bottom edges instead of running a cell past them.
+        assert ox + (cols - 0.5) * prob.cell_size < width <= ox + (cols + 0.5) * prob.cell_size
+        assert oy + (rows - 0.5) * prob.cell_size < height <= oy + (rows + 0.5) * prob.cell_size
+        # Alignment unchanged: the last cell is still the window centred on it.
+        r, c = rows - 1, cols - 1
+        w = WindowGrid(working_grid(slide, 1.0), p, stride)
+        crop, _ = read_working(slide, w.grid, c * stride - w.offset - m, r * stride - w.offset - m,
+                               p + 2 * m, p + 2 * m)
+        with torch.no_grad():
+            ref = torch.sigmoid(model.classify_with_context(
+                torch.from_numpy(crop).permute(2, 0, 1).float().div(255)[None])).item()
+        assert abs(prob.data[r, c] - ref) <= 1e-4
+
+
+def test_registry_infer_exposes_and_applies_celnet_parameters(tmp_path):
+    import dataclasses
+    import inspect
+
+    from napari_glimpse.methods import get_method
+
+    spec = get_method("celnet")
+    cls = spec.extra["infer_config_cls"]
+    names = {f.name for f in dataclasses.fields(cls)}
+    assert {"stride", "tile_size", "tissue", "celm", "threshold", "celm_a", "celm_b",
+            "evidence_threshold", "nms_min_distance", "nms_max_peaks"} <= names
+    assert names <= set(inspect.signature(spec.infer).parameters)  # the form passes them all
+    model = tiny_celnet()
+    slide = FakeSlide(textured(128, 128, seed=6), mpp=(1.0, 1.0), downsamples=(1,))
+    low, _ = run(spec.infer(slide, model=model, stride=16, tissue="none", celm=False, threshold=0.0))
+    high, _ = run(spec.infer(slide, model=model, stride=16, tissue="none", celm=False, threshold=1.0))
+    few, _ = run(spec.infer(slide, model=model, stride=16, tissue="none", celm=False, threshold=0.0,
+                            nms_max_peaks=2))
+    assert len(low.points[0].xy) > 2 and len(high.points[0].xy) == 0
+    assert len(few.points[0].xy) == 2

@@ -89,7 +89,12 @@ def _banded(layer, x: torch.Tensor, stride: int, overlap: int, channels: int, pi
         # Input rows start on the stride grid, so the band's output rows are the layer's.
         band = layer(x[:, :, stride * lo : min(h_in, stride * hi)])
         if out is None:
-            out = band.new_empty((n, band.shape[1], h_out, band.shape[3]))
+            # Keep the bands' memory format: CPU convolutions run several times faster on
+            # channels-last tensors (what to_tensor's permute gives) than on NCHW ones.
+            fmt = torch.channels_last if not band.is_contiguous() and band.is_contiguous(
+                memory_format=torch.channels_last) else torch.contiguous_format
+            out = torch.empty((n, band.shape[1], h_out, band.shape[3]), dtype=band.dtype,
+                              device=band.device, memory_format=fmt)
         out[:, :, a:b] = band[:, :, a - lo : b - lo]
         del band
         yield

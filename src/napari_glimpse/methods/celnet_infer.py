@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 import os
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
@@ -47,8 +48,20 @@ from .celnet_dense import count_pieces, default_piece, iter_tile_probabilities, 
 
 _to_tensor = to_tensor
 
-# CELM windows per gradient pass when not given: each window costs about a second of CPU.
-DEFAULT_CELM_BATCH = {"cpu": 1, "cuda": 32}
+
+
+class _CELMBatch:
+    """CELM windows per gradient pass: fixed when given, else grown from 1 so that a pass
+    takes about ``target`` seconds (a window costs about a second on a loaded CPU and
+    milliseconds on a GPU, where larger batches pay)."""
+
+    def __init__(self, size: int | None, target: float = 1.0, largest: int = 64):
+        self.fixed, self.size, self.target, self.largest = bool(size), size or 1, target, largest
+
+    def update(self, windows: int, seconds: float) -> None:
+        if not self.fixed and windows:
+            fit = int(self.target * windows / max(seconds, 1e-6))
+            self.size = max(1, min(self.largest, 2 * self.size, fit))
 
 
 def _config_field(name: str, **meta):
@@ -75,7 +88,7 @@ class CELNetInferConfig:
     tissue: str = _opt("otsu", "tissue detection; tiles without tissue are skipped",
                        choices=("otsu", "grey", "none"))
     celm: bool = _opt(True, "CELM evidence map, mask and peaks (needs gradients: slower)")
-    celm_batch: int = _opt(0, "windows per CELM pass (0: 1 on a CPU, 32 on a GPU)", min=0, max=1024)
+    celm_batch: int = _opt(0, "windows per CELM pass (0: as many as take about a second)", min=0, max=1024)
     evidence_cell: int = _opt(8, "working px per evidence-map cell", min=1, max=96)
     threshold: float = _config_field("threshold")
     celm_a: float = _config_field("celm_a")
@@ -172,7 +185,8 @@ def infer_celnet(
     celm
         Compute the CELM evidence map, mask and peaks (needs gradients: slower).
     celm_batch
-        Windows per CELM pass, one progress report each; None: 1 on a CPU, 32 on a GPU.
+        Windows per CELM pass, one progress report each; None: grown from 1 so that a
+        pass takes about a second.
     evidence_cell
         Working px per evidence-map cell.
     params
@@ -207,7 +221,7 @@ def infer_celnet(
     params = params or CELMParams.from_config(model.config)
     device = next(model.parameters()).device
     piece = piece_size or default_piece(device)
-    celm_batch = celm_batch or DEFAULT_CELM_BATCH.get(device.type, DEFAULT_CELM_BATCH["cpu"])
+    celm_batch = _CELMBatch(celm_batch)
     stats = RunStats()
     patch, margin = model.config.patch_size, model.context_margin
     grid = working_grid(slide, model.config.mpp, region)
@@ -249,7 +263,7 @@ def infer_celnet(
             if celm:
                 for j, m in _paste_evidence(model, img, t, prob, keep, windows, evidence,
                                             evidence_cell, lattice, margin, params, celm_batch):
-                    yield progress("inference", done, total, f"{what}: evidence {j}/{m}")
+                    yield progress("inference", done, total, f"{what}: evidence {j}/{m} windows")
         stats.batches += 1
         done = sum(per_group[: k + 1])
         yield progress("inference", done, total, what,
@@ -263,7 +277,7 @@ def _paste_evidence(model, img, tile, prob, keep, windows, evidence, evidence_ce
                     margin, params, celm_batch) -> Generator:
     """CELM of the tile's windows above the probability threshold, max-pasted into ``evidence``.
 
-    Yields ``(batches done, batches)`` after each CELM batch.
+    Yields ``(windows done, windows)`` after each CELM batch (sized by ``celm_batch``).
     """
     s, p = windows.stride, windows.patch
     sub = prob[tile.row0 : tile.row0 + tile.rows, tile.col0 : tile.col0 + tile.cols]
@@ -272,8 +286,10 @@ def _paste_evidence(model, img, tile, prob, keep, windows, evidence, evidence_ce
     rr, cc = rr[on_lattice], cc[on_lattice]
     device = next(model.parameters()).device
     k = p // evidence_cell
-    n_batches = math.ceil(len(rr) / celm_batch)
-    for b, sel in enumerate(batched(np.arange(len(rr)), celm_batch)):
+    start = 0
+    while start < len(rr):
+        sel = np.arange(start, min(len(rr), start + celm_batch.size))
+        started = time.perf_counter()
         crops = np.stack([img[margin + r * s : margin + r * s + p, margin + c * s : margin + c * s + p]
                           for r, c in zip(rr[sel], cc[sel], strict=False)])
         out = compute_celm(model, to_tensor(crops, device), params).celm
@@ -287,7 +303,9 @@ def _paste_evidence(model, img, tile, prob, keep, windows, evidence, evidence_ce
             if x1 > x0 and y1 > y0:
                 view = evidence[y0:y1, x0:x1]
                 np.maximum(view, m[y0 - ey : y1 - ey, x0 - ex : x1 - ex], out=view)
-        yield b + 1, n_batches
+        celm_batch.update(len(sel), time.perf_counter() - started)
+        start += len(sel)
+        yield start, len(rr)
 
 
 def _assemble(slide, grid, windows, prob, evidence, evidence_cell, params, stats, checkpoint,
