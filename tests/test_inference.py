@@ -222,7 +222,7 @@ def test_default_celnet_tile_reports_progress_many_times():
 def test_slide_inference_yields_within_tiles_and_stops_when_dropped():
     model = tiny_celnet()
     slide = FakeSlide(textured(256, 256, seed=4), mpp=(1.0, 1.0), downsamples=(1,))
-    kw = dict(stride=8, tile_size=200, tissue=None, celm=False)
+    kw = {"stride": 8, "tile_size": 200, "tissue": None, "celm": False}
     whole, whole_events = run(infer_celnet(slide, model, piece_size=2**40, **kw))
     tiles = whole.summary["patches_read"]
     layers = 1 + 3 * model.config.blocks  # stem + blocks: one report each when unbanded

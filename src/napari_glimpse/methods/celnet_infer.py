@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 import os
+import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 
