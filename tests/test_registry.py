@@ -1,0 +1,65 @@
+"""The method registry that the CLI, the widgets and checkpoints read."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from napari_glimpse.methods import MethodSpec, get_method, list_methods, register
+from napari_glimpse.methods.celnet import CELNetConfig
+from napari_glimpse.methods.registry import config_fields
+
+
+def test_celnet_is_registered_on_import():
+    assert "celnet" in list_methods()
+    spec = get_method("celnet")
+    assert spec.config_cls is CELNetConfig
+    for fn in (spec.build_model, spec.train, spec.infer, spec.evaluate, spec.default_checkpoint):
+        assert callable(fn)
+
+
+def test_unknown_method_lists_the_known_ones():
+    with pytest.raises(KeyError, match="unknown method 'nope'.*celnet"):
+        get_method("nope")
+
+
+def test_config_fields_describe_a_form():
+    rows = {r["name"]: r for r in config_fields(CELNetConfig)}
+    assert rows["lr"]["default"] == 1e-4 and rows["lr"]["group"] == "training"
+    assert rows["batch_size"]["min"] == 1
+    assert rows["widths"]["default"] == (16, 32, 64)
+    assert all(r["help"] for r in rows.values())
+    assert {r["group"] for r in rows.values()} == {"network", "training", "data", "inference"}
+
+
+def test_paper_defaults():
+    cfg = CELNetConfig()
+    assert (cfg.lr, cfg.momentum, cfg.batch_size, cfg.weight_decay) == (1e-4, 0.9, 64, 1e-5)
+    assert cfg.lr_milestones == (0.5, 0.75) and cfg.lr_gamma == 0.5
+    assert (cfg.patch_size, cfg.mpp, cfg.spatial_kernels, cfg.reduction) == (96, 0.972, (3, 5, 7), 4)
+
+
+def test_register_refuses_a_taken_name_and_bad_specs():
+    spec = get_method("celnet")
+    with pytest.raises(ValueError, match="already registered"):
+        register(dataclasses.replace(spec))
+    with pytest.raises(TypeError, match="dataclass"):
+        MethodSpec("x", "x", config_cls=dict, build_model=lambda c: None)
+    with pytest.raises(ValueError, match="identifier"):
+        MethodSpec("no spaces", "x", config_cls=CELNetConfig, build_model=lambda c: None)
+
+
+def test_a_new_method_appears_without_touching_anything_else():
+    @dataclasses.dataclass
+    class ToyConfig:
+        size: int = dataclasses.field(default=3, metadata={"help": "size"})
+
+    register(MethodSpec("toy_for_test", "a toy", ToyConfig, build_model=lambda c: c.size), replace=True)
+    try:
+        assert "toy_for_test" in list_methods()
+        assert get_method("toy_for_test").build_model(ToyConfig()) == 3
+    finally:
+        from napari_glimpse.methods import registry
+
+        registry._REGISTRY.pop("toy_for_test")
