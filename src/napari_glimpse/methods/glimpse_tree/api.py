@@ -147,7 +147,8 @@ def infer_slide(model, slide_path, *, branching, temperature, seed, dense, tissu
                 tiles.append((box, run_all(model, reader, box, mask, tissue_min)))
             else:
                 rng = np.random.default_rng([rng_seed, r])
-                nodes += run_tree(model, reader, box, r, rng, branching, temperature, first_id=len(nodes))
+                nodes += run_tree(model, reader, box, r, rng, branching, temperature, first_id=len(nodes),
+                                  tissue=mask)
             yield Progress("region", r + 1, len(boxes), f"region {r + 1}/{len(boxes)}",
                            {"patches_read": reader.patches_read})
         result = InferenceResult(method=METHOD, slide_path=str(slide_path), slide_score=None, mpp=slide.mpp)

@@ -69,6 +69,12 @@ class GlimpseTreeConfig:
     tissue_min: float = _f(0.0, "'All': skip leaf tiles with less tissue than this fraction "
                            "(0 classifies every tile of the regions, the paper's All)",
                            min=0.0, max=1.0, group="inference")
+    child_inside_min: float = _f(1.0, "draw children only where at least this fraction of the child's box lies "
+                                 "inside the slide (lowered to the best reachable when no child can)",
+                                 min=0.0, max=1.0, group="inference")
+    child_tissue_min: float = _f(0.25, "draw children only where at least this fraction of the child's box is "
+                                 "tissue (ignored where no child reaches it; 0 = off)",
+                                 min=0.0, max=1.0, group="inference")
     # --- data / resolution ---------------------------------------------------------------
     mpp: float = _f(0.972, "working resolution (leaf glimpses) in um/px", min=0.05, max=20.0, group="data")
     leaf_positive_fraction: float = _f(

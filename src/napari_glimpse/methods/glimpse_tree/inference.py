@@ -1,11 +1,13 @@
 """Glimpse-tree inference on a slide: regions over tissue, the tree per region, the 'All' baseline.
 
 A region is one root glimpse: ``glimpse_size * level_scale ** L`` working pixels square
-(4864 px for the defaults). Regions tile the tissue's bounding box on a grid centred on it
-and only regions with tissue are processed; the slide score is the maximum over all leaves
-(tree) or all tiles ('All'). Every glimpse is read from the finest pyramid level that is not
-finer than needed (never coarser), only its own pixels, then resized if the level's scale
-does not match exactly.
+(4864 px for the defaults). Regions tile the tissue's bounding box on a grid centred on it,
+shifted back inside the slide where they would hang over its edge (a slide narrower than a
+region gets one region centred on it), and only regions with tissue are processed. Children
+are drawn only where their box lies inside the slide and on tissue. The slide score is the
+maximum over all leaves (tree) or all tiles ('All'). Every glimpse is read from the finest
+pyramid level that is not finer than needed (never coarser), only its own pixels, then
+resized if the level's scale does not match exactly.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import GlimpseTreeConfig
-from .sampling import sample_children
+from .sampling import sample_children, valid_centres
 
 __all__ = ["GlimpseNode", "GlimpseReader", "plan_regions", "run_tree", "run_all", "to_tensor",
-           "classify_glimpses"]
+           "classify_glimpses", "child_fraction_maps"]
 
 
 def to_tensor(images: np.ndarray, device=None):
@@ -148,13 +150,47 @@ def plan_regions(dimensions: Sequence[int], tissue, region_px: float,
     nx, ny = max(1, math.ceil((bx1 - bx0) / region_px - 1e-9)), max(1, math.ceil((by1 - by0) / region_px - 1e-9))
     sx = round((bx0 + bx1) / 2 - nx * region_px / 2)
     sy = round((by0 + by1) / 2 - ny * region_px / 2)
+    xs = [_inside(sx + i * region_px, region_px, w0) for i in range(nx)]
+    ys = [_inside(sy + j * region_px, region_px, h0) for j in range(ny)]
     boxes = []
-    for j in range(ny):
-        for i in range(nx):
-            box = (sx + i * region_px, sy + j * region_px, sx + (i + 1) * region_px, sy + (j + 1) * region_px)
+    for y in ys:
+        for x in xs:
+            box = (x, y, x + region_px, y + region_px)
+            if box in boxes:
+                continue
             if tissue is None or not np.any(tissue.mask) or tissue.fraction(*box) > 0:
                 boxes.append(box)
     return boxes
+
+
+def _inside(start: float, region_px: float, extent: float) -> float:
+    """A region's start moved so it does not hang over the slide's edge: edge regions of a grid
+    overlap their neighbours instead of reading glass; a slide narrower than a region is centred."""
+    if extent <= region_px:
+        return float(round((extent - region_px) / 2))
+    return float(min(max(start, 0.0), extent - region_px))
+
+
+def child_fraction_maps(box, downsample: float, size: int, dimensions: Sequence[int], tissue,
+                        config: GlimpseTreeConfig) -> list[tuple[np.ndarray, float]]:
+    """Inside-the-slide and tissue maps on a parent glimpse's pixels, for :func:`valid_centres`.
+
+    Both are sampled at the parent's pixel centres (nearest tissue-mask cell), so the box mean
+    over a child is the fraction of the child inside the slide / on tissue. Costs two small
+    index look-ups per parent: the tissue mask is the one computed for region planning.
+    """
+    w0, h0 = dimensions
+    centres = (np.arange(size) + 0.5) * downsample
+    cx, cy = box[0] + centres, box[1] + centres
+    in_x, in_y = (cx >= 0) & (cx < w0), (cy >= 0) & (cy < h0)
+    pairs = [(np.outer(in_y, in_x).astype(np.float64), config.child_inside_min)]
+    if tissue is not None and config.child_tissue_min > 0 and np.any(tissue.mask):
+        rows, cols = tissue.mask.shape
+        r, c = np.floor(cy / tissue.cell_size).astype(int), np.floor(cx / tissue.cell_size).astype(int)
+        ok_r, ok_c = (r >= 0) & (r < rows), (c >= 0) & (c < cols)
+        t = tissue.mask[np.clip(r, 0, rows - 1)][:, np.clip(c, 0, cols - 1)] & np.outer(ok_r & in_y, ok_c & in_x)
+        pairs.append((t.astype(np.float64), config.child_tissue_min))
+    return pairs
 
 
 def classify_glimpses(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -172,11 +208,15 @@ def classify_glimpses(model, images: np.ndarray, batch_size: int = 32) -> np.nda
 
 
 def run_tree(model, reader: GlimpseReader, root_box, region: int, rng: np.random.Generator,
-             branching: Sequence[int], temperature: float, first_id: int = 0, classify: bool = True
-             ) -> list[GlimpseNode]:
+             branching: Sequence[int], temperature: float, first_id: int = 0, classify: bool = True,
+             tissue=None) -> list[GlimpseNode]:
     """The glimpse tree of one region (eval mode, no gradients); nodes in breadth-first order.
 
-    With ``classify=False`` the leaves are placed but neither read nor scored (training).
+    Children are drawn only at centres whose box lies inside the slide and, given a ``tissue``
+    mask, on tissue (config ``child_inside_min`` / ``child_tissue_min``);
+    a glimpse whose valid centres run out gets fewer children, so a region larger than the
+    slide can have fewer than N_G leaves. With ``classify=False`` the leaves are placed but
+    neither read nor scored (training).
     """
     import torch
 
@@ -193,7 +233,9 @@ def run_tree(model, reader: GlimpseReader, root_box, region: int, rng: np.random
             ds = reader.downsample(level)
             children = []
             for parent, q_p in zip(frontier, q, strict=True):
-                centres, kq, big_q = sample_children(q_p, branching[level], k, temperature, rng)
+                valid = valid_centres(child_fraction_maps(parent.box, ds, q_p.shape[0], reader.slide.dimensions,
+                                                          tissue, cfg), k)
+                centres, kq, big_q = sample_children(q_p, branching[level], k, temperature, rng, valid)
                 parent.q_map = big_q.astype(np.float32)
                 for (cx, cy), v in zip(centres, kq, strict=True):
                     x0, y0 = parent.box[0] + (cx - h) * ds, parent.box[1] + (cy - h) * ds
@@ -218,16 +260,25 @@ def run_tree(model, reader: GlimpseReader, root_box, region: int, rng: np.random
 def run_all(model, reader: GlimpseReader, root_box, tissue, tissue_min: float, batch_size: int = 32
             ) -> np.ndarray:
     """'All': C on every leaf-sized tile of a region ((n, n) probabilities), or only on tiles with at
-    least ``tissue_min`` tissue (NaN where skipped)."""
+    least ``tissue_min`` tissue (NaN where skipped).
+
+    Tiles wholly outside the slide (a region larger than the slide) are skipped too (NaN): they
+    are glass the reader would fill white, and the tree never draws them either.
+    """
     cfg = reader.config
     s = cfg.glimpse_size
     n = cfg.level_scale**cfg.levels
     tile = s * reader.downsample(cfg.levels)
     x0, y0 = root_box[0], root_box[1]
+    w0, h0 = reader.slide.dimensions
+    starts = np.arange(n) * tile
+    in_x = np.clip(np.minimum(x0 + starts + tile, w0) - np.maximum(x0 + starts, 0), 0, None) / tile
+    in_y = np.clip(np.minimum(y0 + starts + tile, h0) - np.maximum(y0 + starts, 0), 0, None) / tile
     out = np.full((n, n), np.nan)
     for r in range(n):
-        keep = [c for c in range(n) if tissue is None or tissue_min <= 0
-                or tissue.fraction(x0 + c * tile, y0 + r * tile, x0 + (c + 1) * tile, y0 + (r + 1) * tile) >= tissue_min]
+        keep = [c for c in range(n) if in_y[r] * in_x[c] > 0 and (
+                tissue is None or tissue_min <= 0
+                or tissue.fraction(x0 + c * tile, y0 + r * tile, x0 + (c + 1) * tile, y0 + (r + 1) * tile) >= tissue_min)]
         if not keep:
             continue
         c0, c1 = keep[0], keep[-1] + 1  # one read per row of tiles, only the span with tissue

@@ -7,9 +7,11 @@ pixels ``[c - k // 2, c - k // 2 + k)`` with ``k`` the child's extent (glimpse_s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-__all__ = ["box_smooth", "boltzmann_map", "sample_children", "box_means"]
+__all__ = ["box_smooth", "boltzmann_map", "sample_children", "box_means", "valid_centres"]
 
 
 def box_smooth(q: np.ndarray, k: int) -> np.ndarray:
@@ -36,14 +38,49 @@ def boltzmann_map(kq: np.ndarray, temperature: float) -> np.ndarray:
     return np.exp((kq - kq.max()) / temperature)
 
 
+def valid_centres(fractions: Sequence[tuple[np.ndarray, float]], k: int) -> np.ndarray:
+    """Child centres whose box is mostly inside the slide (and on tissue): a bool map for ``valid``.
+
+    Parameters
+    ----------
+    fractions
+        ``(map, minimum)`` pairs, in order of priority: ``map`` is an (S, S) array in [0, 1]
+        on the parent's pixels (1 inside the slide / on tissue) and a centre is valid when the
+        mean of ``map`` over its child box is at least ``minimum``. A minimum no centre reaches
+        is lowered to the best fraction any centre reaches (a slide smaller than a child still
+        gets its most-inside child); a later pair that would leave nothing valid is dropped
+        (a coarse tissue mask never vetoes the slide-bounds rule).
+    k
+        Child extent in parent pixels.
+
+    Returns
+    -------
+    (S - k + 1, S - k + 1) bool, indexed like :func:`box_smooth`.
+    """
+    valid = None
+    for frac_map, minimum in fractions:
+        frac = box_smooth(frac_map, k)
+        if valid is None:
+            valid = np.ones(frac.shape, bool)
+        best = frac[valid].max()
+        ok = valid & (frac >= min(minimum, best) - 1e-9)
+        if ok.any():
+            valid = ok
+    return valid
+
+
 def sample_children(
-    q: np.ndarray, n: int, k: int, temperature: float, rng: np.random.Generator
+    q: np.ndarray, n: int, k: int, temperature: float, rng: np.random.Generator,
+    valid: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw ``n`` child centres in a glimpse with probability proportional to Q.
 
     After each draw a child-sized box (k x k) around the centre is zeroed (maximum
     suppression), so children overlap at most by half. When every remaining Q underflows
-    (very small T), the remaining maximum of K * q is taken: the T -> 0 limit.
+    (very small T), the remaining maximum of K * q is taken: the T -> 0 limit. Q is zero at
+    centres outside ``valid`` (child boxes off the slide or off tissue); when suppression has
+    used up every valid centre, fewer than ``n`` children are returned rather than children
+    off the slide or repeats of one already drawn.
 
     Parameters
     ----------
@@ -57,6 +94,9 @@ def sample_children(
         T; 0 means argmax.
     rng
         numpy Generator: the only source of randomness (same seed, same children).
+    valid
+        Optional (S - k + 1, S - k + 1) bool map of allowed centres (see :func:`valid_centres`);
+        None allows every centre whose child lies inside the parent.
 
     Returns
     -------
@@ -65,16 +105,22 @@ def sample_children(
     kq_at : (n,) float
         (K * q) at each centre.
     Q : (S, S) float
-        The Boltzmann map before suppression (zero on the border), max 1: what is shown.
+        The Boltzmann map before suppression (zero on the border and at invalid centres),
+        max 1 over the valid centres: what is shown.
     """
     kq = box_smooth(q, k)
     h = k // 2
-    weights = boltzmann_map(kq, temperature)
+    avail = np.ones(kq.shape, dtype=bool)
+    if valid is not None:
+        if valid.shape != kq.shape:
+            raise ValueError(f"valid must have the shape of the centres {kq.shape}, got {valid.shape}")
+        avail &= valid
+    # the maximum over valid centres only, so T -> 0 still leaves a valid centre at weight 1
+    weights = np.where(avail, boltzmann_map(np.where(avail, kq, -np.inf) if avail.any() else kq, temperature), 0.0)
     s = q.shape[0]
     full = np.zeros((s, s))
     m = kq.shape[0]
     full[h : h + m, h : h + m] = weights
-    avail = np.ones_like(weights, dtype=bool)
     centres, values = [], []
     for _ in range(n):
         if not avail.any():
