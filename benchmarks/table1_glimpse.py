@@ -22,13 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_glimpse.runtime.events import run_to_end  # noqa: E402
 
-def _drive(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+_drive = run_to_end  # drive a progress generator to its result
 
 
 def main(argv=None) -> int:

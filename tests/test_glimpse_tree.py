@@ -9,6 +9,7 @@ import pytest
 
 from napari_glimpse.methods.glimpse_tree.config import GlimpseTreeConfig, branching_for_leaves
 from napari_glimpse.methods.glimpse_tree.sampling import box_smooth, sample_children
+from napari_glimpse.runtime.events import run_to_end  # noqa: E402
 
 TINY = {"glimpse_size": 32, "classifier_width": 8, "policy_width": 4}
 
@@ -24,12 +25,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def drive(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+drive = run_to_end  # drive a progress generator to its result
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from napari_glimpse.methods import get_method  # noqa: E402
+from napari_glimpse.runtime.events import run_to_end  # noqa: E402
 
 HELD_OUT = Path(__file__).parent / "data" / "pcam_valid"
 
 
-def _drain(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+_drain = run_to_end  # drive a progress generator to its result
 
 
 def test_shipped_celnet_beats_chance_on_held_out_pcam():

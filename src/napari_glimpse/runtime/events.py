@@ -35,3 +35,18 @@ class Progress:
     def __str__(self) -> str:
         nums = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.metrics.items())
         return f"[{self.stage} {self.done}/{self.total}] {self.message} {nums}".rstrip()
+
+
+def run_to_end(gen, on_progress=None):
+    """Drive a progress generator to its end and return its result (its ``return`` value).
+
+    For scripts, tests and the CLI; GUIs wrap the generator in a thread worker instead.
+    ``on_progress(progress)`` is called with every item the generator yields.
+    """
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_progress is not None:
+            on_progress(item)
