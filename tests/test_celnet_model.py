@@ -134,3 +134,22 @@ def test_resnet_state_dict_matches_torchvision_layout(build, layers):
 def test_small_cnn_runs_on_a_patch():
     out = SmallCNN(width=8)(torch.rand(2, 3, 96, 96))
     assert out.shape == (2, 1)
+
+
+def test_local_channel_attention_pools_a_full_window_around_each_cell():
+    # MAM pools its channel descriptors as two separable passes; they must equal a w x w
+    # window (border cells average only the cells inside the map) so dense == per patch holds.
+    import torch.nn.functional as F
+
+    from napari_glimpse.methods.celnet import MAM
+
+    torch.manual_seed(0)
+    mam = MAM(8, 2, (3, 5), window=5).eval()
+    f = torch.randn(2, 8, 13, 11)
+    avg = F.avg_pool2d(f, 5, stride=1, padding=2, count_include_pad=False)
+    mx = F.max_pool2d(f, 5, stride=1, padding=2)
+    g = f * torch.sigmoid(mam.mlp(avg) + mam.mlp(mx))
+    s = torch.cat([g.mean(dim=1, keepdim=True), g.amax(dim=1, keepdim=True)], dim=1)
+    expected = g * torch.sigmoid(sum(conv(s) for conv in mam.spatial))
+    with torch.no_grad():
+        assert torch.allclose(mam(f), expected, atol=1e-6)

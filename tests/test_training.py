@@ -11,7 +11,7 @@ import torch
 
 from napari_glimpse.cli import main
 from napari_glimpse.errors import DatasetError
-from napari_glimpse.methods.celnet import CELNetConfig, train_celnet
+from napari_glimpse.methods.celnet import CELNetConfig, build_model, train_celnet
 from napari_glimpse.runtime.checkpoint import load_checkpoint
 from napari_glimpse.runtime.datasets import augment_batch, load_patch_folder
 from napari_glimpse.runtime.training import last_path, roc_auc
@@ -86,6 +86,35 @@ def test_augmentation_applies_one_dihedral_transform_per_patch():
         assert matches
         seen.add(matches[0])
     assert len(seen) > 2  # not always the same transform
+
+
+def test_colour_jitter_is_seeded_bounded_and_varies_per_patch():
+    x = torch.rand(32, 3, 8, 8) * 0.8 + 0.1
+    a = augment_batch(x, torch.Generator().manual_seed(5), color_jitter=0.1)
+    b = augment_batch(x, torch.Generator().manual_seed(5), color_jitter=0.1)
+    assert torch.equal(a, b)  # the same seed, the same patches (resume stays exact)
+    assert a.min() >= 0.0 and a.max() <= 1.0
+    plain = augment_batch(x, torch.Generator().manual_seed(5))
+    change = (a - plain).abs().mean(dim=(1, 2, 3))
+    assert change.min() > 1e-3 and change.std() > 1e-3  # every patch shifted, each differently
+    assert change.max() < 0.2  # a jitter, not a different image
+
+
+def test_tta_averages_the_eight_rotations_and_flips(folders):
+    from napari_glimpse.runtime.datasets import dihedral
+    from napari_glimpse.runtime.training import evaluate
+
+    torch.manual_seed(0)
+    model = build_model(TINY).eval()
+    data = load_patch_folder(folders / "val")
+    plain = _run(evaluate(model, folders / "val", device="cpu"))[0]
+    tta = _run(evaluate(model, folders / "val", device="cpu", tta=True))[0]
+    assert not plain["tta"] and tta["tta"]
+    x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        probs = torch.stack([torch.sigmoid(model(dihedral(x, k))["logit"]) for k in range(8)]).mean(0)
+    assert tta["auc"] == pytest.approx(roc_auc(data.labels, probs.numpy()))
+    assert tta["loss"] != pytest.approx(plain["loss"])  # the rotations really changed the scores
 
 
 def test_resume_after_cancel_equals_uninterrupted_run(folders, tmp_path):

@@ -104,6 +104,14 @@ class CELNetConfig:
     batch_size: int = _f(64, "training batch size", min=1, max=4096, group="training")
     epochs: int = _f(100, "training epochs", min=1, max=10000, group="training")
     augment: bool = _f(True, "random 90-degree rotations and flips during training", group="training")
+    color_jitter: float = _f(
+        0.0,
+        "strength of random stain / colour jitter during training (0 = off, the paper's "
+        "rotations and flips only; ~0.1 helps across slides)",
+        min=0.0,
+        max=1.0,
+        group="training",
+    )
     # --- data / resolution ---------------------------------------------------------------
     patch_size: int = _f(96, "input patch size in pixels (multiple of 4)", min=16, max=1024, group="data")
     mpp: float = _f(0.972, "working resolution in um/px (PCam is 10x, 0.972 um/px)", min=0.05, max=20.0, group="data")
@@ -158,11 +166,16 @@ class MAM(nn.Module):
             avg = f.mean(dim=(2, 3), keepdim=True)
             mx = f.amax(dim=(2, 3), keepdim=True)
         else:
-            w = self.window
-            avg = F.avg_pool2d(f, w, stride=1, padding=w // 2, count_include_pad=False)
-            mx = F.max_pool2d(f, w, stride=1, padding=w // 2)
+            # w x w pooling as a w x 1 then a 1 x w pass: the same numbers (max and the
+            # border-aware mean are separable), 2w instead of w^2 reads per cell.
+            w, p = self.window, self.window // 2
+            avg = F.avg_pool2d(f, (w, 1), stride=1, padding=(p, 0), count_include_pad=False)
+            avg = F.avg_pool2d(avg, (1, w), stride=1, padding=(0, p), count_include_pad=False)
+            mx = F.max_pool2d(F.max_pool2d(f, (w, 1), stride=1, padding=(p, 0)), (1, w), stride=1, padding=(0, p))
         f = f * torch.sigmoid(self.mlp(avg) + self.mlp(mx))
-        s = torch.cat([f.mean(dim=1, keepdim=True), f.amax(dim=1, keepdim=True)], dim=1)
+        # max (not amax): same forward; its backward scatters through indices instead of a
+        # tie mask over all channels, the costliest op of a training step.
+        s = torch.cat([f.mean(dim=1, keepdim=True), f.max(dim=1, keepdim=True).values], dim=1)
         a = self.spatial[0](s)
         for conv in self.spatial[1:]:
             a = a + conv(s)
@@ -385,10 +398,11 @@ def train_celnet(
 
 
 def evaluate_celnet(data_dir, checkpoint=None, *, device: str | None = "auto", batch_size: int = 128,
-                    workers: int = 0, limit: int | None = None, **_ignored):
+                    workers: int = 0, limit: int | None = None, tta: bool = False, **_ignored):
     """Accuracy / AUC / loss of a checkpoint (default: the shipped one) on a patch folder.
 
-    Yields Progress; returns ``{"n", "accuracy", "auc", "loss", "checkpoint"}``.
+    ``tta`` averages each patch's 8 rotations / flips. Yields Progress; returns
+    ``{"n", "accuracy", "auc", "loss", "tta", "checkpoint"}``.
     """
     from ..errors import CheckpointError
     from ..runtime.checkpoint import load_model
@@ -399,5 +413,5 @@ def evaluate_celnet(data_dir, checkpoint=None, *, device: str | None = "auto", b
         raise CheckpointError("no checkpoint given and no shipped CELNet checkpoint is installed")
     model = load_model(checkpoint, method="celnet")
     metrics = yield from evaluate(model, data_dir, device=device or "auto", batch_size=batch_size,
-                                  workers=workers, limit=limit, threshold=model.config.threshold)
+                                  workers=workers, limit=limit, threshold=model.config.threshold, tta=tta)
     return {**metrics, "checkpoint": str(checkpoint)}

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import DatasetError
 from .events import Progress
 
-__all__ = ["PatchFolder", "load_patch_folder", "iterate_patch_folder", "augment_batch", "IMAGE_SUFFIXES"]
+__all__ = ["PatchFolder", "load_patch_folder", "iterate_patch_folder", "augment_batch", "dihedral", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
@@ -154,11 +154,16 @@ def load_patch_folder(root: str | os.PathLike, **kwargs) -> PatchFolder:
             return stop.value
 
 
-def augment_batch(x, generator):
-    """Random element of the dihedral group (90-degree rotations x flip) per patch.
+def augment_batch(x, generator, color_jitter: float = 0.0):
+    """Random element of the dihedral group (90-degree rotations x flip) per patch, and
+    optionally a random stain / colour jitter.
 
-    ``x`` is a (N, C, H, W) tensor; the choice per patch comes from ``generator`` so a seeded
-    run is reproducible.
+    ``x`` is a (N, C, H, W) RGB tensor in [0, 1]; every random choice comes from ``generator``
+    so a seeded run is reproducible. ``color_jitter`` = s > 0 multiplies each channel by
+    1 + s u, shifts brightness by s/2 u, scales saturation by 1 + 2 s u and contrast by
+    1 + s u (each u uniform in [-1, 1], drawn per patch), then clips to [0, 1]: H&E stain
+    strength and scanner colour vary between slides, and a classifier trained on one set of
+    slides otherwise learns their tint.
     """
     import torch
 
@@ -168,8 +173,26 @@ def augment_batch(x, generator):
         idx = (ops == op).nonzero().flatten()
         if idx.numel() == 0:
             continue
-        part = x[idx]
-        if op >= 4:
-            part = part.flip(-1)
-        out[idx] = torch.rot90(part, op % 4, dims=(-2, -1))
+        out[idx] = dihedral(x[idx], op)
+    if color_jitter > 0:
+        n, s = x.shape[0], float(color_jitter)
+
+        def u(*shape):
+            return (torch.rand(n, *shape, generator=generator) * 2 - 1).to(device=x.device, dtype=x.dtype)
+
+        out = out * (1 + s * u(3, 1, 1)) + 0.5 * s * u(1, 1, 1)
+        grey = out.mean(dim=1, keepdim=True)
+        out = grey + (out - grey) * (1 + 2 * s * u(1, 1, 1))
+        mean = out.mean(dim=(1, 2, 3), keepdim=True)
+        out = (mean + (out - mean) * (1 + s * u(1, 1, 1))).clamp_(0.0, 1.0)
     return out
+
+
+def dihedral(x, op: int):
+    """Element ``op`` (0-7) of the dihedral group on the last two axes: ``op % 4`` quarter turns,
+    after a horizontal flip when ``op >= 4``."""
+    import torch
+
+    if op >= 4:
+        x = x.flip(-1)
+    return torch.rot90(x, op % 4, dims=(-2, -1))

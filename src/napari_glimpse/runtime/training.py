@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError, DatasetError
 from .checkpoint import load_checkpoint, load_state_checked, save_checkpoint
-from .datasets import PatchFolder, augment_batch, iterate_patch_folder
+from .datasets import PatchFolder, augment_batch, dihedral, iterate_patch_folder
 from .device import autocast, resolve_device, run_in_chunks
 from .events import Progress
 
@@ -73,8 +73,13 @@ def _to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def _predict(model, data: PatchFolder, device, batch_size: int, stage: str) -> Iterator[Progress]:
-    """Probabilities and mean loss over a folder (eval mode); returns (probs, loss)."""
+def _predict(model, data: PatchFolder, device, batch_size: int, stage: str, tta: bool = False) -> Iterator[Progress]:
+    """Probabilities and mean loss over a folder (eval mode); returns (probs, loss).
+
+    ``tta`` averages the probabilities of the 8 rotations / flips of every patch (test-time
+    augmentation; 8x the cost).
+    """
+    ops = range(8) if tta else (0,)
     model.eval()
     n = len(data)
     probs = np.empty(n, dtype=np.float64)
@@ -85,14 +90,19 @@ def _predict(model, data: PatchFolder, device, batch_size: int, stage: str) -> I
             lo, hi = b * batch_size, min((b + 1) * batch_size, n)
 
             def run(s, e, lo=lo):
+                x = _to_tensor(data.images[lo + s : lo + e], device)
+                p = 0.0
                 with autocast(device):
-                    return model(_to_tensor(data.images[lo + s : lo + e], device))["logit"].float()
+                    for op in ops:
+                        xo = dihedral(x, op).contiguous(memory_format=torch.channels_last)
+                        p = p + torch.sigmoid(model(xo)["logit"].float())
+                return p / len(ops)
 
             parts, _ = run_in_chunks(run, hi - lo, hi - lo)
-            logit = torch.cat(parts).cpu()
-            target = torch.from_numpy(data.labels[lo:hi]).float()
-            total_loss += F.binary_cross_entropy_with_logits(logit, target, reduction="sum").item()
-            probs[lo:hi] = torch.sigmoid(logit).double().numpy()
+            prob = torch.cat(parts).cpu().double()
+            target = torch.from_numpy(data.labels[lo:hi]).double()
+            total_loss += F.binary_cross_entropy(prob.clamp(1e-7, 1 - 1e-7), target, reduction="sum").item()
+            probs[lo:hi] = prob.numpy()
             yield Progress(stage, b + 1, n_batches, f"{stage} {hi}/{n} patches")
     return probs, total_loss / max(n, 1)
 
@@ -158,6 +168,7 @@ def train(
     if resume and not last.exists() and out.exists():
         raise CheckpointError("cannot resume: this best checkpoint has no '.last' companion", out)
     aux_weight = float(getattr(config, "aux_loss_weight", 0.0))
+    color_jitter = float(getattr(config, "color_jitter", 0.0))
     loss_fn = loss_fn or (lambda outputs, target: deep_supervision_loss(outputs, target, aux_weight))
 
     train_data = yield from _load_folder(train_dir, workers, train_limit, seed, "training")
@@ -202,7 +213,7 @@ def train(
             idx = np.sort(order[b * config.batch_size : (b + 1) * config.batch_size])
             x = _to_tensor(train_data.images[idx], dev)
             if config.augment:
-                x = augment_batch(x, gen).contiguous(memory_format=torch.channels_last)
+                x = augment_batch(x, gen, color_jitter).contiguous(memory_format=torch.channels_last)
             y = torch.from_numpy(train_data.labels[idx]).float().to(dev)
             optimizer.zero_grad(set_to_none=True)
 
@@ -251,10 +262,14 @@ def train(
 
 
 def evaluate(model, data_dir: str | os.PathLike, *, device: str = "auto", batch_size: int = 128,
-             workers: int = 0, limit: int | None = None, threshold: float = 0.5) -> Iterator[Progress]:
-    """Accuracy, AUC and loss of ``model`` on a patch folder; yields progress, returns a dict."""
+             workers: int = 0, limit: int | None = None, threshold: float = 0.5,
+             tta: bool = False) -> Iterator[Progress]:
+    """Accuracy, AUC and loss of ``model`` on a patch folder; yields progress, returns a dict.
+
+    ``tta``: average over the 8 rotations / flips of each patch.
+    """
     dev = resolve_device(device)
     data = yield from iterate_patch_folder(data_dir, workers=workers, limit=limit)
     model = model.to(dev).to(memory_format=torch.channels_last)
-    probs, loss = yield from _predict(model, data, dev, batch_size, "evaluate")
-    return _metrics(data.labels, probs, loss, threshold)
+    probs, loss = yield from _predict(model, data, dev, batch_size, "evaluate", tta=tta)
+    return {**_metrics(data.labels, probs, loss, threshold), "tta": bool(tta)}
