@@ -159,3 +159,48 @@ def test_cli_train_and_evaluate(folders, tmp_path, capsys):
     assert rc == 1 and "missing: dataset folder not found" in capsys.readouterr().err
     rc = main(["train", "celnet", "--data", str(folders / "train"), "--out", str(out), "--set", "blocks=0"])
     assert rc == 1 and "blocks" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_share_each_batch(folders, tmp_path):
+    # Two CPU ranks (Gloo on the loopback): each batch is split between them, gradients are
+    # averaged, and rank 0 alone validates and writes the checkpoints.
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp" / "m.safetensors"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "napari_glimpse", "train", "celnet",
+           "--data", str(folders / "train"), "--val", str(folders / "val"), "--out", str(out),
+           "--epochs", "2", "--batch-size", "4", "--lr", "0.01", "--threads", "1",
+           "--set", "widths=[4,8,8]", "--set", "reduction=2", "--set", "blocks=1"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("best checkpoint:") == 1  # rank 1 prints nothing
+    assert proc.stdout.count("[epoch 2/2]") == 1
+    ckpt = load_checkpoint(last_path(out))
+    assert ckpt.header["training"]["world_size"] == 2
+    history = ckpt.header["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(h["patches"] == 12 for h in history)  # every patch once per epoch over both ranks
+    assert "val_auc" in history[-1]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.last.safetensors", "m.safetensors"]
+
+
+def test_glimpse_tree_training_refuses_torchrun(monkeypatch, tmp_path):
+    from napari_glimpse.errors import GlimpseError
+    from napari_glimpse.methods.glimpse_tree.training import train as train_tree
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(GlimpseError, match="one process"):
+        next(train_tree(tmp_path, tmp_path / "m.safetensors"))

@@ -97,7 +97,13 @@ def _config_from_args(spec, overrides: list[str]):
 
 
 def _drive(gen, quiet: bool = False):
-    """Run a progress generator to its result; epoch summaries on stdout, the rest on stderr."""
+    """Run a progress generator to its result; epoch summaries on stdout, the rest on stderr.
+
+    Under torchrun only rank 0 prints.
+    """
+    from ..runtime.distributed import is_main_process
+
+    quiet = quiet or not is_main_process()
     while True:
         try:
             ev = next(gen)
@@ -132,7 +138,10 @@ def train_cmd(args) -> int:
         seed=args.seed, workers=args.workers, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         epoch_size=args.epoch_size, val_limit=args.val_limit,
     ))
-    print(f"best checkpoint: {path}", flush=True)
+    from ..runtime.distributed import is_main_process
+
+    if is_main_process():
+        print(f"best checkpoint: {path}", flush=True)
     return 0
 
 

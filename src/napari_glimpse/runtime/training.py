@@ -28,6 +28,7 @@ from ..errors import CheckpointError, DatasetError
 from .checkpoint import load_checkpoint, load_state_checked, save_checkpoint
 from .datasets import PatchFolder, augment_batch, dihedral, iterate_patch_folder
 from .device import autocast, resolve_device, run_in_chunks
+from .distributed import DistContext, process_group
 from .events import Progress
 
 __all__ = ["train", "evaluate", "roc_auc", "deep_supervision_loss", "last_path"]
@@ -161,8 +162,20 @@ def train(
         frequent validation and checkpoints on slow machines.
     val_limit, train_limit : int, optional
         Class-stratified seeded subsets of the validation / training folders.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the ranks share every batch and average gradients
+    (:mod:`.distributed`); rank 0 alone validates and writes ``out``.
     """
-    dev = resolve_device(device)
+    with process_group(resolve_device(device)) as (ctx, dev):
+        return (yield from _train(
+            method, config, build_model, train_dir, out, val_dir=val_dir, resume=resume, dev=dev, ctx=ctx,
+            seed=seed, workers=workers, epoch_size=epoch_size, val_limit=val_limit, train_limit=train_limit,
+            loss_fn=loss_fn, classes=classes,
+        ))
+
+
+def _train(method, config, build_model, train_dir, out, *, val_dir, resume, dev, ctx: DistContext, seed, workers,
+           epoch_size, val_limit, train_limit, loss_fn, classes) -> Iterator[Progress]:
     out = Path(out)
     last = last_path(out)
     if resume and not last.exists() and out.exists():
@@ -173,11 +186,12 @@ def train(
 
     train_data = yield from _load_folder(train_dir, workers, train_limit, seed, "training")
     val_data = None
-    if val_dir is not None:
+    if val_dir is not None and ctx.is_main:
         val_data = yield from _load_folder(val_dir, workers, val_limit, seed, "validation")
 
     torch.manual_seed(seed)
     model = build_model(config).to(dev).to(memory_format=torch.channels_last)
+    net = model  # what the training steps call: the DDP wrapper under torchrun
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0,
         weight_decay=config.weight_decay,
@@ -197,12 +211,21 @@ def train(
         history = list(ckpt.header.get("history", []))
         yield Progress("resume", start_epoch, config.epochs, f"resumed from {last} at epoch {start_epoch}")
 
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
     n = len(train_data)
     per_epoch = min(epoch_size or n, n)
     n_batches = math.ceil(per_epoch / config.batch_size)
+    if ctx.enabled and per_epoch % config.batch_size and per_epoch % config.batch_size < ctx.world_size:
+        n_batches -= 1  # a last batch too small to give every rank a patch (DDP needs all of them)
+    if n_batches < 1:
+        raise DatasetError(f"{per_epoch} training patches cannot be split over {ctx.world_size} processes", train_dir)
     micro = config.batch_size
     summary = {"train": train_data.summary(), "val": val_data.summary() if val_data else None,
-               "seed": seed, "epoch_size": per_epoch, "device": str(dev)}
+               "seed": seed, "epoch_size": per_epoch, "device": str(dev), "world_size": ctx.world_size}
     for epoch in range(start_epoch, config.epochs):
         t0 = time.time()
         gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -210,7 +233,7 @@ def train(
         model.train()
         running, seen = 0.0, 0
         for b in range(n_batches):
-            idx = np.sort(order[b * config.batch_size : (b + 1) * config.batch_size])
+            idx = ctx.shard(np.sort(order[b * config.batch_size : (b + 1) * config.batch_size]))
             x = _to_tensor(train_data.images[idx], dev)
             if config.augment:
                 x = augment_batch(x, gen, color_jitter).contiguous(memory_format=torch.channels_last)
@@ -219,7 +242,7 @@ def train(
 
             def step(s, e, x=x, y=y):
                 with autocast(dev):
-                    loss = loss_fn(model(x[s:e]), y[s:e])
+                    loss = loss_fn(net(x[s:e]), y[s:e])
                 (loss * (e - s) / len(y)).backward()
                 return loss.item() * (e - s)
 
@@ -232,7 +255,12 @@ def train(
                 {"loss": running / seen, "lr": optimizer.param_groups[0]["lr"]},
             )
         scheduler.step()
-        record = {"epoch": epoch + 1, "train_loss": running / max(seen, 1), "seconds": time.time() - t0}
+        running, seen = ctx.all_reduce_sum(running, seen)
+        record = {"epoch": epoch + 1, "train_loss": running / max(seen, 1), "patches": int(seen),
+                  "seconds": time.time() - t0}
+        if not ctx.is_main:  # rank 0 validates and writes; the others go on to the next epoch
+            yield Progress("epoch", epoch + 1, config.epochs, f"epoch {epoch + 1}/{config.epochs}", dict(record))
+            continue
         if val_data is not None:
             probs, vloss = yield from _predict(model, val_data, dev, max(config.batch_size, 64), "validate")
             m = _metrics(val_data.labels, probs, vloss, getattr(config, "threshold", 0.5))
@@ -256,6 +284,7 @@ def train(
             save_checkpoint(out, method=method, config=config, model_state=model.state_dict(), header=header)
         yield Progress("epoch", epoch + 1, config.epochs, f"epoch {epoch + 1}/{config.epochs}"
                        + (" (best)" if improved else ""), dict(record))
+    ctx.barrier()  # the other ranks return once rank 0 has written the last checkpoint
     if not out.exists():  # resumed after the last epoch had already finished
         raise CheckpointError("training finished but no best checkpoint was written", out)
     return str(out)

@@ -257,6 +257,13 @@ def train(
     """
     import torch
 
+    from ...errors import GlimpseError
+    from ...runtime.distributed import from_env
+
+    if from_env().enabled:
+        # N copies of this single-process loop would each write ``out``.
+        raise GlimpseError("glimpse-tree training runs in one process; torchrun / DDP is supported for celnet")
+
     from ...runtime.checkpoint import load_checkpoint, load_state_checked, save_checkpoint
     from ...runtime.device import resolve_device
     from ...runtime.training import last_path
