@@ -153,3 +153,26 @@ def test_local_channel_attention_pools_a_full_window_around_each_cell():
     expected = g * torch.sigmoid(sum(conv(s) for conv in mam.spatial))
     with torch.no_grad():
         assert torch.allclose(mam(f), expected, atol=1e-6)
+
+
+def test_dense_tta_equals_the_mean_over_turned_windows_with_context():
+    from napari_glimpse.methods.celnet_dense import iter_tile_probabilities
+    from napari_glimpse.runtime.datasets import dihedral
+    from napari_glimpse.runtime.events import run_to_end
+
+    torch.manual_seed(2)
+    model = CELNet(CELNetConfig(blocks=1, **SMALL)).eval()
+    _randomise_bn(model)
+    m, p, stride, n = model.context_margin, model.config.patch_size, 8, 4
+    size = (n - 1) * stride + p + 2 * m
+    tiles = (torch.rand(1, size, size, 3) * 255).to(torch.uint8).numpy()
+    tta = run_to_end(iter_tile_probabilities(model, tiles, n, stride, tta=True))
+    plain = run_to_end(iter_tile_probabilities(model, tiles, n, stride))
+    x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        for r, c in [(0, 0), (1, 3), (3, 2)]:
+            win = x[:, :, r * stride : r * stride + p + 2 * m, c * stride : c * stride + p + 2 * m]
+            ref = torch.stack([torch.sigmoid(model.classify_with_context(dihedral(win, k))) for k in range(8)]).mean()
+            assert abs(ref.item() - tta[0, r, c]) < 1e-4, (r, c)
+            assert abs(torch.sigmoid(model.classify_with_context(win)).item() - plain[0, r, c]) < 1e-4
+    assert abs(tta - plain).max() > 1e-3  # the turns really change the scores

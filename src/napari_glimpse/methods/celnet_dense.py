@@ -119,20 +119,34 @@ def iter_features(model, x: torch.Tensor, piece: int | None = None) -> Generator
 
 
 def iter_tile_probabilities(model, tiles: np.ndarray, tile_cells: int, stride: int,
-                            piece: int | None = None) -> Generator:
+                            piece: int | None = None, tta: bool = False) -> Generator:
     """Probabilities (N, tile_cells, tile_cells) of the windows of tiles read with context.
 
     ``tiles`` is (N, S, S, 3) uint8 with S = (tile_cells - 1) * stride + patch + 2 * margin;
     cell (r, c) is the window whose top-left is (margin + r * stride, margin + c * stride).
     Yields ``None`` after each feature piece.
+
+    ``tta`` averages the 8 rotations / flips (:func:`..runtime.datasets.dihedral`): the tile
+    is turned, its dense map computed and turned back. The window lattice is symmetric
+    (``margin`` on both sides of ``tile_cells`` windows), so every turned window is again a
+    lattice window, and cell (r, c) is the mean over the 8 turns of that window with its
+    context -- what ``evaluate --tta`` computes for a bare patch.
     """
+    from ..runtime.datasets import dihedral, dihedral_inverse
+
     m = model.context_margin
     device = next(model.parameters()).device
-    f2, f3 = yield from iter_features(model, to_tensor(tiles, device), piece)
-    with torch.no_grad():
-        # Drop the margin so window (0, 0) starts at feature cell 0; windows near the far
-        # border fall off because window_logits only returns windows that fit the features.
-        logits = model.window_logits(f2[:, :, m // 2 :, m // 2 :], f3[:, :, m // 4 :, m // 4 :], stride)
-    if logits.shape[1] < tile_cells or logits.shape[2] < tile_cells:
-        raise RuntimeError(f"tile gave {tuple(logits.shape[1:])} windows, expected {tile_cells}")
-    return torch.sigmoid(logits[:, :tile_cells, :tile_cells]).float().cpu().numpy()
+    x = to_tensor(tiles, device)
+    total = None
+    for op in range(8) if tta else (0,):
+        f2, f3 = yield from iter_features(model, dihedral(x, op) if op else x, piece)
+        with torch.no_grad():
+            # Drop the margin so window (0, 0) starts at feature cell 0; windows near the far
+            # border fall off because window_logits only returns windows that fit the features.
+            logits = model.window_logits(f2[:, :, m // 2 :, m // 2 :], f3[:, :, m // 4 :, m // 4 :], stride)
+            del f2, f3
+            if logits.shape[1] < tile_cells or logits.shape[2] < tile_cells:
+                raise RuntimeError(f"tile gave {tuple(logits.shape[1:])} windows, expected {tile_cells}")
+            p = dihedral_inverse(torch.sigmoid(logits[:, :tile_cells, :tile_cells].float()), op)
+            total = p if total is None else total + p
+    return (total / (8 if tta else 1)).cpu().numpy()

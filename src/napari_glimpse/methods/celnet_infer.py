@@ -88,6 +88,8 @@ class CELNetInferConfig:
     tissue: str = _opt("otsu", "tissue detection; tiles without tissue are skipped",
                        choices=("otsu", "grey", "none"))
     celm: bool = _opt(True, "CELM evidence map, mask and peaks (needs gradients: slower)")
+    tta: bool = _opt(False, "average the probability map over the 8 rotations / flips of every window (8x the "
+                            "feature cost; what evaluate --tta measures)")
     celm_batch: int = _opt(0, "windows per CELM pass (0: as many as take about a second)", min=0, max=1024)
     evidence_cell: int = _opt(8, "working px per evidence-map cell", min=1, max=96)
     threshold: float = _config_field("threshold")
@@ -133,18 +135,18 @@ def _check_stride(model, stride: int) -> None:
                          "it has no finite context, so dense slide inference cannot be exact")
 
 
-def _probabilities(model, images, n, stride, piece) -> Generator:
+def _probabilities(model, images, n, stride, piece, tta=False) -> Generator:
     """:func:`iter_tile_probabilities`, on halves of the batch (recursively) when out of memory."""
     try:
-        return (yield from iter_tile_probabilities(model, images, n, stride, piece))
+        return (yield from iter_tile_probabilities(model, images, n, stride, piece, tta))
     except (RuntimeError, MemoryError) as exc:
         if not is_out_of_memory(exc) or len(images) <= 1:
             raise
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         half = len(images) // 2
-        a = yield from _probabilities(model, images[:half], n, stride, piece)
-        b = yield from _probabilities(model, images[half:], n, stride, piece)
+        a = yield from _probabilities(model, images[:half], n, stride, piece, tta)
+        b = yield from _probabilities(model, images[half:], n, stride, piece, tta)
         return np.concatenate([a, b])
 
 
@@ -163,6 +165,7 @@ def infer_celnet(
     params: CELMParams | None = None,
     checkpoint: str | None = None,
     piece_size: int | None = None,
+    tta: bool = False,
 ) -> Generator:
     """Run CELNet over the tissue of a slide (or a region), yielding progress.
 
@@ -196,6 +199,9 @@ def infer_celnet(
     piece_size
         Output activations per feature piece (one progress report each); None: about half a
         second of work on the model's device (:data:`.celnet_dense.DEFAULT_PIECE`).
+    tta
+        Average the probability map over the 8 rotations / flips of each window (8x the
+        feature cost; CELM is computed on the unturned windows).
 
     Yields
     ------
@@ -215,7 +221,7 @@ def infer_celnet(
                 opened, model, region=region, stride=stride, tile_size=tile_size,
                 batch_size=batch_size, tissue=tissue, celm=celm, celm_batch=celm_batch,
                 evidence_cell=evidence_cell, params=params, checkpoint=checkpoint,
-                piece_size=piece_size))
+                piece_size=piece_size, tta=tta))
 
     _check_stride(model, stride)
     params = params or CELMParams.from_config(model.config)
@@ -239,7 +245,7 @@ def infer_celnet(
     lattice = max(1, patch // stride)  # windows this many cells apart do not overlap
     size = (n - 1) * stride + patch + 2 * margin
     groups = list(batched(tiles, batch_size))
-    per_group = [count_pieces(model, size, len(g), piece) for g in groups]
+    per_group = [count_pieces(model, size, len(g), piece) * (8 if tta else 1) for g in groups]
     total, done = sum(per_group), 0
     for k, group in enumerate(groups):
         reads = [read_tile(slide, windows, t, n, context=margin) for t in group]
@@ -247,7 +253,7 @@ def infer_celnet(
         stats.patches_read += len(group)
         images = np.stack([img for img, _ in reads])
         what = f"tile {k + 1}/{len(groups)}"
-        features = _probabilities(model, images, n, stride, piece)
+        features = _probabilities(model, images, n, stride, piece, tta)
         while True:
             try:
                 next(features)
@@ -269,8 +275,10 @@ def infer_celnet(
         yield progress("inference", done, total, what,
                        max_probability=float(prob.max()) if prob.size else 0.0)
 
-    return _assemble(slide, grid, windows, prob, evidence, evidence_cell, params, stats,
-                     checkpoint, str(device), stride, n)
+    result = _assemble(slide, grid, windows, prob, evidence, evidence_cell, params, stats,
+                       checkpoint, str(device), stride, n)
+    result.summary["tta"] = bool(tta)
+    return result
 
 
 def _paste_evidence(model, img, tile, prob, keep, windows, evidence, evidence_cell, lattice,
@@ -360,6 +368,7 @@ def infer(
     batch_size: int = 1,
     tissue: str | None = "otsu",
     celm: bool = True,
+    tta: bool = False,
     celm_batch: int = 0,
     evidence_cell: int = 8,
     threshold: float | None = None,
@@ -388,7 +397,7 @@ def infer(
     return (yield from infer_celnet(
         slide_path, model, region=region, stride=stride, tile_size=tile_size, batch_size=batch_size,
         tissue=None if tissue in (None, "none") else tissue, celm=celm, celm_batch=celm_batch or None,
-        evidence_cell=evidence_cell, params=params,
+        evidence_cell=evidence_cell, params=params, tta=tta,
         checkpoint=None if checkpoint is None else str(checkpoint)))
 
 

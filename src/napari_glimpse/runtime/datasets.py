@@ -17,7 +17,8 @@ import numpy as np
 from ..errors import DatasetError
 from .events import Progress
 
-__all__ = ["PatchFolder", "load_patch_folder", "iterate_patch_folder", "augment_batch", "dihedral", "IMAGE_SUFFIXES"]
+__all__ = ["PatchFolder", "load_patch_folder", "iterate_patch_folder", "augment_batch", "dihedral", "dihedral_inverse",
+           "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
@@ -196,3 +197,11 @@ def dihedral(x, op: int):
     if op >= 4:
         x = x.flip(-1)
     return torch.rot90(x, op % 4, dims=(-2, -1))
+
+
+def dihedral_inverse(x, op: int):
+    """Undo :func:`dihedral` ``op``: ``dihedral_inverse(dihedral(x, op), op) == x``."""
+    import torch
+
+    x = torch.rot90(x, -(op % 4), dims=(-2, -1))
+    return x.flip(-1) if op >= 4 else x
