@@ -4,6 +4,10 @@ Writes a SIZE x SIZE pyramidal TIFF (default 20000) at 0.972 um/px whose tissue 
 of real PCam patches on a white background, then runs ``infer_celnet`` over the tissue.
 
     nice python benchmarks/bench_slide_inference.py [--size 20000] [--stride 32] [--celm]
+        [--checkpoint shipped|PATH] [--tta]
+
+Without ``--checkpoint`` the model is a paper-size CELNet (3 blocks) with random weights; with
+``shipped`` it is the package's default checkpoint (what a user runs).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 from PIL import Image
 
 from napari_glimpse.methods.celnet import CELNet, CELNetConfig
-from napari_glimpse.methods.celnet_infer import infer_celnet
+from napari_glimpse.methods.celnet_infer import infer_celnet, load_celnet
 from napari_glimpse.slides.writer import write_pyramid
 
 
@@ -46,8 +50,12 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=20000)
     ap.add_argument("--stride", type=int, default=32)
     ap.add_argument("--celm", action="store_true")
+    ap.add_argument("--tta", action="store_true", help="8 rotations / flips per window")
+    ap.add_argument("--checkpoint", help="'shipped' or a CELNet checkpoint (default: random paper-size model)")
+    ap.add_argument("--patches", default=str(Path(__file__).resolve().parents[2] / "shared/data/pcam/valid"),
+                    help="PCam folder for the mosaic (default: ../shared/data/pcam/valid beside the checkout)")
     a = ap.parse_args()
-    files = sorted(glob.glob("/work/shared/data/pcam/valid/*/*.jpg"))[:400]
+    files = sorted(glob.glob(f"{a.patches}/*/*.jpg"))[:400]
     patches = [np.asarray(Image.open(f).convert("RGB")) for f in files]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "mosaic.tif"
@@ -55,9 +63,12 @@ def main() -> None:
         write_pyramid(path, a.size, a.size, mosaic_tiles(a.size, 512, patches), mpp=0.972)
         t_write = time.perf_counter() - t0
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        torch.manual_seed(0)
-        model = CELNet(CELNetConfig()).eval()
-        gen = infer_celnet(str(path), model, stride=a.stride, celm=a.celm)
+        if a.checkpoint:
+            model, ckpt = load_celnet(None if a.checkpoint == "shipped" else a.checkpoint, "cpu")
+        else:
+            torch.manual_seed(0)
+            model, ckpt = CELNet(CELNetConfig()).eval(), "random paper-size CELNet"
+        gen = infer_celnet(str(path), model, stride=a.stride, celm=a.celm, tta=a.tta)
         t0 = time.perf_counter()
         while True:
             try:
@@ -71,7 +82,7 @@ def main() -> None:
     windows = int((result.maps[0].data > 0).sum())
     level0_mb = a.size * a.size * 3 / 2**20
     print(f"mosaic {a.size} x {a.size} px written in {t_write:.0f} s; stride {a.stride}, celm={a.celm}, "
-          f"threads {torch.get_num_threads()}")
+          f"tta={a.tta}, threads {torch.get_num_threads()}; model: {ckpt}")
     print(f"inference {dt:.1f} s: {s['patches_read']} tiles, {windows} tissue windows "
           f"({windows / dt:.0f} windows/s), {s['pixels_read'] / 1e6:.0f} Mpx read "
           f"({s['pixels_read'] / (a.size * a.size):.2f} x level 0)")
