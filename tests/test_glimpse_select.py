@@ -23,6 +23,9 @@ def test_click_selects_subtree(make_napari_viewer, mosaics, tiny_model):  # noqa
     attach_glimpse_select(viewer)  # idempotent
     assert sum(1 for cb in viewer.mouse_drag_callbacks if getattr(cb, "_glimpse_select_callback", False)) == 1
     on_click = viewer.mouse_drag_callbacks[-1]
+    # Q maps cover their whole parent glimpse: they arrive hidden until a glimpse is picked
+    q_maps = [layer for layer in viewer.layers if layer.metadata.get("glimpse_role") == "q_map"]
+    assert q_maps and not any(layer.visible for layer in q_maps)
 
     tree = result.summary["tree"]
     level1 = [n for n in tree if n["level"] == 1]
@@ -48,7 +51,7 @@ def test_click_selects_subtree(make_napari_viewer, mosaics, tiny_model):  # noqa
     q_layers = [layer for layer in viewer.layers if layer.metadata.get("glimpse_role") == "q_map"]
     assert {layer.metadata["node_id"]: layer.visible for layer in q_layers} == {
         n["id"]: n["id"] == target["id"] for n in tree if n["level"] < 2}
-    # a click on empty glass outside the root shows every Q map again
+    # a click on empty glass outside the root hides the Q maps again, as they were added
     far = coords.points_to_world(np.array([[-1000.0, -1000.0]]), result.mpp)[0]
     on_click(viewer, SimpleNamespace(type="mouse_press", position=tuple(far)))
-    assert all(layer.visible for layer in q_layers) and not boxes[2].selected_data
+    assert not any(layer.visible for layer in q_layers) and not boxes[2].selected_data

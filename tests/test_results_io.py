@@ -22,7 +22,7 @@ def _result() -> InferenceResult:
             SlideMap("tumour probability", rng.random((7, 9), dtype=np.float32), 64.0, (32.0, 16.5)),
             SlideMap("evidence mask", (rng.random((5, 4)) > 0.5).astype(np.uint8), (8.0, 9.5),
                      kind="labels", colormap="red", contrast_limits=None, opacity=0.4,
-                     metadata={"threshold": 0.5}),
+                     metadata={"threshold": 0.5}, visible=False),
             SlideMap("stack/with slash", rng.random((3, 4, 5)), 2.0),
             SlideMap("empty", np.zeros((0, 0), np.float32), 16.0),
         ],
@@ -49,7 +49,7 @@ def _assert_same(a: InferenceResult, b: InferenceResult) -> None:
         assert m.data.dtype == n.data.dtype and m.data.shape == n.data.shape
         np.testing.assert_array_equal(m.data, n.data)
         for f in ("name", "cell_size", "origin", "kind", "colormap", "contrast_limits",
-                  "opacity", "metadata"):
+                  "opacity", "metadata", "visible"):
             assert getattr(m, f) == getattr(n, f), f
     for kind, coords in (("points", "xy"), ("boxes", "boxes"), ("lines", "segments")):
         la, lb = getattr(a, kind), getattr(b, kind)

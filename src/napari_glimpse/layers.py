@@ -264,6 +264,7 @@ def map_to_layer_data(m: SlideMap, mpp: Sequence[float] | None = None) -> LayerD
         "translate": translate,
         "opacity": m.opacity,
         "metadata": meta,
+        "visible": bool(m.visible),
         **_units(mpp, len(scale)),
     }
     if m.kind == "labels":

@@ -29,6 +29,7 @@ class SlideMap:
     contrast_limits: tuple[float, float] | None = (0.0, 1.0)
     opacity: float = 0.6
     metadata: dict[str, Any] = field(default_factory=dict)
+    visible: bool = True  # False: added hidden (e.g. Q maps, shown when their glimpse is picked)
 
     def __post_init__(self):
         if self.kind not in ("image", "labels"):

@@ -373,9 +373,6 @@ class _ModelJob:
         self.layers[run.method] = added
         entry["layers"] = [lyr.name for lyr in added]
         entry["truth"] = truth_check(r, *self.truth)
-        for lyr in added:  # policy Q maps cover whole regions: shown when a glimpse is picked
-            if (lyr.metadata or {}).get("glimpse_role") == "q_map":
-                lyr.visible = False
 
     def show_only(self, method: str | None, all_methods: bool = False) -> list[str]:
         """Show the slide, the truth (as an outline under a method) and one method's layers."""

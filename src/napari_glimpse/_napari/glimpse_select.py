@@ -66,13 +66,13 @@ def select_subtree(viewer, result_id: str, node_id: int) -> list[int]:
 
 
 def clear_selection(viewer, result_id: str | None = None) -> None:
-    """Deselect all glimpses and show every Q map again."""
+    """Deselect all glimpses and hide the Q maps again (as they are added)."""
     for layer in _result_layers(viewer, result_id):
         role = layer.metadata.get("glimpse_role")
         if role in ("boxes", "edges"):
             layer.selected_data = set()
         elif role == "q_map":
-            layer.visible = True
+            layer.visible = False
 
 
 def attach_glimpse_select(viewer) -> None:

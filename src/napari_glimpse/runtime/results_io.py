@@ -90,6 +90,7 @@ def _write_maps(maps: list[SlideMap], path: Path) -> None:
                     "contrast_limits": m.contrast_limits,
                     "opacity": m.opacity,
                     "metadata": m.metadata,
+                    "visible": m.visible,
                 }
             )
         )
@@ -119,6 +120,7 @@ def _read_maps(path: Path) -> list[SlideMap]:
                 contrast_limits=None if cl is None else (float(cl[0]), float(cl[1])),
                 opacity=float(a["opacity"]),
                 metadata=dict(a.get("metadata", {})),
+                visible=bool(a.get("visible", True)),
             )
         )
     return out

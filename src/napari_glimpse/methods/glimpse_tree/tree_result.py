@@ -78,6 +78,7 @@ def tree_layers(nodes: Sequence, levels: int, result_id: str, show_q: bool = Tru
                 contrast_limits=(0.0, 1.0),
                 opacity=0.45,
                 metadata={**meta, "glimpse_role": "q_map", "node_id": n.node_id, "level": n.level},
+                visible=False,  # each covers its whole parent: shown when a glimpse is picked
             ))
     return boxes, lines, maps
 
