@@ -1,7 +1,9 @@
 """Training throughput of CELNet (patches/s) on this machine, against baselines in the same run.
 
-Baselines: CELNet without MAM attention (the paper's "CELNet-") and the small CPU CNN. Prints
-one line per model and the ratios; CUDA is measured too when available.
+Baselines: CELNet without MAM attention (the paper's "CELNet-"), the small CPU CNN, and MAM with
+its first implementation (w x w pooling windows, ``amax`` over channels), which computes the same
+numbers as today's separable pools. Prints one line per model and the ratios; CUDA is measured
+too when available.
 
     python benchmarks/bench_train_throughput.py [--batch 32] [--steps 3] [--threads 2]
 """
@@ -10,18 +12,39 @@ from __future__ import annotations
 
 import argparse
 import time
+import types
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from napari_glimpse.methods.backbones import SmallCNN
-from napari_glimpse.methods.celnet import CELNet, CELNetConfig
+from napari_glimpse.methods.celnet import MAM, CELNet, CELNetConfig, default_checkpoint
+from napari_glimpse.runtime.checkpoint import config_from_checkpoint, load_checkpoint
 from napari_glimpse.runtime.training import deep_supervision_loss
 
 
 class _NoMAM(nn.Module):
     def forward(self, f):
         return f
+
+
+def _mam_2d_forward(self, f):
+    """MAM as first written: w x w pooling windows and ``amax`` over channels (same numbers)."""
+    w = self.window
+    avg = F.avg_pool2d(f, w, stride=1, padding=w // 2, count_include_pad=False)
+    mx = F.max_pool2d(f, w, stride=1, padding=w // 2)
+    f = f * torch.sigmoid(self.mlp(avg) + self.mlp(mx))
+    s = torch.cat([f.mean(dim=1, keepdim=True), f.amax(dim=1, keepdim=True)], dim=1)
+    return f * torch.sigmoid(sum(conv(s) for conv in self.spatial))
+
+
+def celnet_with_2d_mam(config: CELNetConfig) -> CELNet:
+    model = CELNet(config)
+    for m in model.modules():
+        if isinstance(m, MAM):
+            m.forward = types.MethodType(_mam_2d_forward, m)
+    return model
 
 
 def celnet_without_mam(config: CELNetConfig) -> CELNet:
@@ -76,11 +99,14 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    shipped = config_from_checkpoint(CELNetConfig, load_checkpoint(default_checkpoint()))
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for device in devices:
         models = {
             "CELNet (paper, 3 blocks)": CELNet(CELNetConfig()),
-            "CELNet shipped (1 block)": CELNet(CELNetConfig(blocks=1)),
+            "CELNet paper, 2-D MAM pools": celnet_with_2d_mam(CELNetConfig()),
+            f"CELNet shipped ({shipped.blocks} block)": CELNet(shipped),
+            "CELNet shipped, 2-D MAM pools": celnet_with_2d_mam(shipped),
             "CELNet- (no MAM, 3 blocks)": celnet_without_mam(CELNetConfig()),
             "SmallCNN (width 16)": _Wrap(SmallCNN(16)),
         }
