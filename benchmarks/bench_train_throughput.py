@@ -21,6 +21,7 @@ from torch import nn
 from napari_glimpse.methods.backbones import SmallCNN
 from napari_glimpse.methods.celnet import MAM, CELNet, CELNetConfig, default_checkpoint
 from napari_glimpse.runtime.checkpoint import config_from_checkpoint, load_checkpoint
+from napari_glimpse.runtime.cpu_memory import default_allocator, keep_freed_memory
 from napari_glimpse.runtime.training import deep_supervision_loss
 
 
@@ -99,6 +100,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    keep_freed_memory()  # as the CLI does
     shipped = config_from_checkpoint(CELNetConfig, load_checkpoint(default_checkpoint()))
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for device in devices:
@@ -114,6 +116,16 @@ def main() -> None:
         for name, model in models.items():
             rates[name] = patches_per_second(model, device, args.batch, args.steps)
             print(f"{device.type:5s} {name:28s} {rates[name]:8.1f} patches/s", flush=True)
+        if device.type == "cpu":
+            # glibc's allocator: default thresholds (large blocks mmapped and unmapped every step)
+            # against runtime.cpu_memory's, same model, same process, back to back
+            name = f"CELNet shipped ({shipped.blocks} block)"
+            default_allocator()
+            slow = patches_per_second(CELNet(shipped), device, args.batch, args.steps)
+            keep_freed_memory()
+            fast = patches_per_second(CELNet(shipped), device, args.batch, args.steps)
+            print(f"cpu   {name}: glibc default allocator {slow:.1f} patches/s, keep_freed_memory {fast:.1f} "
+                  f"patches/s ({fast / slow:.2f}x)", flush=True)
         ref = rates["CELNet (paper, 3 blocks)"]
         print(f"{device.type:5s} ratios vs CELNet: " + ", ".join(f"{n}: {r / ref:.2f}x" for n, r in rates.items()))
         print(f"{device.type:5s} one PCam epoch (20,000 patches) with the paper CELNet: {20000 / ref / 60:.1f} min")

@@ -204,3 +204,15 @@ def test_glimpse_tree_training_refuses_torchrun(monkeypatch, tmp_path):
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(GlimpseError, match="one process"):
         next(train_tree(tmp_path, tmp_path / "m.safetensors"))
+
+
+def test_keep_freed_memory_sets_glibc_thresholds_and_can_be_turned_off(monkeypatch):
+    import sys
+
+    from napari_glimpse.runtime import cpu_memory
+
+    monkeypatch.setenv("NAPARI_GLIMPSE_KEEP_FREED_MEMORY", "0")
+    assert cpu_memory.keep_freed_memory() is False
+    monkeypatch.delenv("NAPARI_GLIMPSE_KEEP_FREED_MEMORY")
+    expected = sys.platform.startswith("linux") and cpu_memory._mallopt() is not None
+    assert cpu_memory.keep_freed_memory() is expected

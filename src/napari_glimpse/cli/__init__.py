@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from ..runtime.cpu_memory import keep_freed_memory
+
+    keep_freed_memory()  # training / inference steps free and re-allocate large tensors
     try:
         return int(args.func(args) or 0)
     except GlimpseError as exc:

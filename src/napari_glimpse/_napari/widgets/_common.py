@@ -47,7 +47,10 @@ def start_generator(
     """
     from napari.qt.threading import create_worker
 
+    from ...runtime.cpu_memory import keep_freed_memory
+
     def drive():
+        keep_freed_memory()  # models allocate and free large tensors every step (see the module)
         return (yield from make())
 
     worker = create_worker(drive, _start_thread=False, _ignore_errors=True)
