@@ -25,6 +25,7 @@ from PIL import Image
 
 from napari_glimpse.methods.celnet import CELNet, CELNetConfig
 from napari_glimpse.methods.celnet_infer import infer_celnet, load_celnet
+from napari_glimpse.runtime.cpu_memory import keep_freed_memory
 from napari_glimpse.slides.writer import write_pyramid
 
 
@@ -54,7 +55,11 @@ def main() -> None:
     ap.add_argument("--checkpoint", help="'shipped' or a CELNet checkpoint (default: random paper-size model)")
     ap.add_argument("--patches", default=str(Path(__file__).resolve().parents[2] / "shared/data/pcam/valid"),
                     help="PCam folder for the mosaic (default: ../shared/data/pcam/valid beside the checkout)")
+    ap.add_argument("--default-allocator", action="store_true",
+                    help="leave glibc's allocator as it is (the CLI and widgets call keep_freed_memory)")
     a = ap.parse_args()
+    if not a.default_allocator:
+        keep_freed_memory()
     files = sorted(glob.glob(f"{a.patches}/*/*.jpg"))[:400]
     patches = [np.asarray(Image.open(f).convert("RGB")) for f in files]
     with tempfile.TemporaryDirectory() as tmp:
