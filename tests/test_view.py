@@ -47,7 +47,10 @@ def test_headless_view_runs_shipped_models(tiny_mosaic, qapp):
     gt = summary["methods"]["glimpse-tree"]["layers"]
     assert "glimpse edges" in gt and any(n.startswith("glimpses L") for n in gt)
     assert any(n.startswith("Q L0") for n in gt)
-    names = [lyr["name"] for lyr in summary["scenes"]["mosaic"]["layers"]]
+    scene = summary["scenes"]["mosaic"]
+    # 4 x 4 cells, half of the tissue cells tumour: a count of cells, and 96 x 96 px each
+    assert 1 <= scene["tumour_cells"] <= 16 and scene["tumour_pixels"] == scene["tumour_cells"] * 96 * 96
+    names = [lyr["name"] for lyr in scene["layers"]]
     assert names[:2] == ["tumour mosaic", "ground truth (tumour)"]
     assert set(CELNET_LAYERS) <= set(names)
     for shot in ("slide", "mosaic"):

@@ -7,6 +7,7 @@ user cache folder, ``$XDG_CACHE_HOME/napari-glimpse`` (``~/.cache/napari-glimpse
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,8 @@ def ensure_mosaic() -> tuple[Path, Path]:
 
 def mosaic_layer_data() -> tuple[list[tuple], dict[str, Any]]:
     """(slide layer, ground-truth labels layer) of the sample mosaic, and facts about it."""
+    import numpy as np
+
     from ..layers import slide_to_layer_data
     from ..slides import open_slide
     from ._reader import load_mask_layer
@@ -84,7 +87,9 @@ def mosaic_layer_data() -> tuple[list[tuple], dict[str, Any]]:
         "format": slide.format,
         "dimensions": list(slide.dimensions),
         "mpp": slide.mpp,
-        "tumour_cells": int(mask[0].sum()),
+        # the mosaic's own record of its tumour cells (the mask holds 255 per tumour pixel)
+        "tumour_cells": len(json.loads(slide_path.with_suffix(".cells.json").read_text())["tumour_cells"]),
+        "tumour_pixels": int(np.count_nonzero(np.asarray(mask[0]))),
     }
     return [slide_to_layer_data(slide, name="tumour mosaic"), mask], info
 

@@ -425,7 +425,7 @@ def _write_summary(out: Path, summary: dict[str, Any]) -> None:
         lines.append(summary["mosaic_skipped"])
     for name, scene in summary["scenes"].items():
         lines.append(f"[{name}] {scene.get('slide', '')}")
-        for key in ("format", "dimensions", "mpp", "tissue_fraction", "tumour_cells",
+        for key in ("format", "dimensions", "mpp", "tissue_fraction", "tumour_cells", "tumour_pixels",
                     "seconds_open", "seconds_screenshot", "results", "screenshot"):
             if key in scene:
                 lines.append(f"  {key}: {scene[key]}")
