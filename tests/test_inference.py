@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -169,7 +171,7 @@ def test_cli_infer_writes_summary_maps_and_geojson(tmp_path, capsys):
 
     ckpt = tmp_path / "tiny.safetensors"
     save_celnet(tiny_celnet(), ckpt)
-    slide = "/work/shared/data/slides/cmu-1-small-region.svs"
+    slide = str(Path(__file__).resolve().parents[1] / "src/napari_glimpse/_sample_data/cmu-1-small-region.svs")
     rc = main(["infer", "celnet", "--checkpoint", str(ckpt), slide, "--out", str(tmp_path / "out"),
                "--region", "600", "800", "1000", "1100", "--stride", "16", "--quiet"])
     assert rc == 0
@@ -183,6 +185,14 @@ def test_cli_infer_writes_summary_maps_and_geojson(tmp_path, capsys):
     assert result.slide_score == pytest.approx(float(prob.data.max()))
     assert (tmp_path / "out" / "cmu-1-small-region" / "points.geojson").is_file()
     assert json.loads(capsys.readouterr().out)["slide_score"] == result.slide_score
+    assert summary["summary"]["tta"] is False
+    rc = main(["infer", "celnet", "--checkpoint", str(ckpt), slide, "--out", str(tmp_path / "tta"),
+               "--region", "600", "800", "1000", "1100", "--stride", "16", "--quiet", "--tta", "--no-celm"])
+    assert rc == 0
+    tta = load_result(tmp_path / "tta" / "cmu-1-small-region")
+    assert tta.summary["tta"] is True and tta.maps[0].data.shape == prob.data.shape
+    assert not np.array_equal(tta.maps[0].data, prob.data)  # averaged over the turned windows
+    capsys.readouterr()
     bad = main(["infer", "celnet", "--checkpoint", str(tmp_path / "missing.safetensors"), slide,
                 "--out", str(tmp_path / "x"), "--quiet"])
     assert bad == 1

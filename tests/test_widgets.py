@@ -21,7 +21,7 @@ from napari_glimpse._napari.widgets._form import ConfigForm
 from napari_glimpse._napari.widgets._inference import RECTANGLE, VIEW, shapes_box, view_box
 from napari_glimpse.methods.celnet import CELNet, CELNetConfig
 
-PCAM = Path("/work/shared/data/pcam/train")
+PCAM = Path(__file__).resolve().parents[2] / "shared/data/pcam/train"  # ../shared beside the checkout
 SVS = Path(__file__).resolve().parents[1] / "src/napari_glimpse/_sample_data/cmu-1-small-region.svs"
 TINY = {"widths": (4, 8, 8), "blocks": 1}  # ~4k parameters: seconds on a CPU
 

@@ -42,9 +42,13 @@ def _add_celnet_flags(parser) -> None:
     from_checkpoint = {f.name for f in dataclasses.fields(CELNetConfig)}
     for f in dataclasses.fields(CELNetInferConfig):
         help_ = f.metadata.get("help", "")
-        if isinstance(f.default, bool):  # on by default: only switching it off needs a flag
-            parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false",
-                                default=None, help=f"skip: {help_}")
+        if isinstance(f.default, bool):  # a flag only for the non-default choice
+            if f.default:
+                parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false",
+                                    default=None, help=f"skip: {help_}")
+            else:
+                parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, action="store_true",
+                                    default=None, help=help_)
             continue
         default = (f"the checkpoint's; {f.default} in the paper" if f.name in from_checkpoint
                    else f.default)

@@ -1,0 +1,101 @@
+"""Choose CELM's fusion weights a, b and the evidence threshold on validation mosaics
+(METHODS.md section 5: "a and b chosen on validation data"), then check the choice on others.
+
+Mosaics of real PCam *validation* patches with known tumour cells (all positive): the CELNet
+evidence mask of each is compared with its tumour cells (Dice over evidence-map cells). Every
+(a, b) pair is one slide run with CELM; the thresholds are applied to the same evidence map.
+The pair and threshold with the best mean Dice on the selection mosaics (seed 11) are reported
+with the paper-default a = b = 0.5 and threshold 0.5 on separate check mosaics (seed 12).
+
+    python benchmarks/celm_select.py [--checkpoint CKPT] [--mosaics 6] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from napari_glimpse.methods.celm import evidence_mask
+from napari_glimpse.methods.celnet_infer import infer, load_celnet
+from napari_glimpse.mosaic import CELL_SIZE, make_mosaics
+from napari_glimpse.runtime.cpu_memory import keep_freed_memory
+from napari_glimpse.runtime.events import run_to_end
+
+WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+
+
+def truth_on_map(mosaic, shape, cell_px: float, origin) -> np.ndarray:
+    """The mosaic's tumour cells on the evidence map's grid (cell centres looked up)."""
+    rows, cols = mosaic.grid
+    tumour = np.zeros((rows, cols), bool)
+    if len(mosaic.tumour_cells):
+        tumour[mosaic.tumour_cells[:, 0], mosaic.tumour_cells[:, 1]] = True
+    ys = ((origin[1] + (np.arange(shape[0]) + 0.5) * cell_px) // CELL_SIZE).astype(int).clip(0, rows - 1)
+    xs = ((origin[0] + (np.arange(shape[1]) + 0.5) * cell_px) // CELL_SIZE).astype(int).clip(0, cols - 1)
+    return tumour[np.ix_(ys, xs)]
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+
+
+def scores(model, mosaics, a: float, b: float, mask_sigma: float = 1.0) -> np.ndarray:
+    """Dice per (mosaic, threshold) for one (a, b)."""
+    out = np.zeros((len(mosaics), len(THRESHOLDS)))
+    for i, m in enumerate(mosaics):
+        result = run_to_end(infer(str(m.path), model=model, celm_a=a, celm_b=b, nms_max_peaks=0))
+        ev = next(mp for mp in result.maps if mp.name == "CELM evidence")
+        cell = float(np.atleast_1d(ev.cell_size)[0])
+        truth = truth_on_map(m, ev.data.shape, cell, ev.origin)
+        for j, t in enumerate(THRESHOLDS):
+            out[i, j] = dice(evidence_mask(ev.data, t, mask_sigma).astype(bool), truth)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", help="CELNet checkpoint (default: the shipped one)")
+    ap.add_argument("--patches", default=str(Path(__file__).resolve().parents[2] / "shared/data/pcam/valid"))
+    ap.add_argument("--mosaics", type=int, default=6, help="mosaics per set (selection, check)")
+    ap.add_argument("--grid", type=int, default=12, help="cells per mosaic side")
+    ap.add_argument("--json", help="write all figures here")
+    args = ap.parse_args()
+    keep_freed_memory()
+    model, ckpt = load_celnet(args.checkpoint, "cpu")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = {name: make_mosaics(args.patches, Path(tmp) / name, count=args.mosaics, grid=(args.grid, args.grid),
+                                   seed=seed, positive_fraction=1.0, tumour_fraction=0.3, name=name)
+                for name, seed in (("select", 11), ("check", 12))}
+        grid = {}
+        for a, b in itertools.product(WEIGHTS, WEIGHTS):
+            grid[(a, b)] = scores(model, sets["select"], a, b).mean(0)
+            print(f"a={a:.2f} b={b:.2f} selection Dice by threshold {THRESHOLDS}: "
+                  + " ".join(f"{v:.3f}" for v in grid[(a, b)]), flush=True)
+        (a, b), j = max(((k, int(np.argmax(v))) for k, v in grid.items()), key=lambda kj: grid[kj[0]][kj[1]])
+        best_t = THRESHOLDS[j]
+        chosen = scores(model, sets["check"], a, b)[:, j]
+        default = scores(model, sets["check"], 0.5, 0.5)[:, THRESHOLDS.index(0.5)]
+    print(f"checkpoint {ckpt}; {args.mosaics} + {args.mosaics} mosaics of {args.grid} x {args.grid} PCam valid "
+          f"cells; {time.perf_counter() - t0:.0f} s")
+    print(f"chosen on the selection mosaics: a={a}, b={b}, evidence threshold {best_t} "
+          f"(selection Dice {grid[(a, b)][j]:.3f}; default a=b=0.5, t=0.5: {grid[(0.5, 0.5)][2]:.3f})")
+    print(f"check mosaics: chosen Dice {chosen.mean():.3f} +- {chosen.std():.3f}, default {default.mean():.3f} "
+          f"+- {default.std():.3f} (ratio {chosen.mean() / max(default.mean(), 1e-9):.2f}x)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "checkpoint": ckpt, "chosen": {"celm_a": a, "celm_b": b, "evidence_threshold": best_t},
+            "selection": {f"{k[0]},{k[1]}": list(map(float, v)) for k, v in grid.items()},
+            "thresholds": THRESHOLDS, "check_chosen": chosen.tolist(), "check_default": default.tolist()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
