@@ -300,6 +300,23 @@ def test_cancel_stops_at_the_next_yield(make_napari_viewer, qtbot, tiny_mosaic, 
     assert QThreadPool.globalInstance().waitForDone(5000)  # the worker thread ended
 
 
+def test_inference_form_shows_the_checkpoints_own_celm_settings(make_napari_viewer, tmp_path, tiny_ckpt):
+    import torch
+
+    from napari_glimpse.runtime.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = CELNet(CELNetConfig(**TINY, celm_a=0.9, celm_b=0.1, evidence_threshold=0.05))
+    tuned = tmp_path / "tuned.safetensors"
+    save_checkpoint(tuned, method="celnet", config=model.config, model_state=model.state_dict())
+    w = make_inference_widget(make_napari_viewer(), tuned)
+    values = w.params.values()
+    assert (values["celm_a"], values["celm_b"], values["evidence_threshold"]) == pytest.approx((0.9, 0.1, 0.05))
+    assert values["stride"] == 32  # not a checkpoint setting: the form's default stays
+    w.checkpoint_file.value = str(tiny_ckpt)  # paper defaults again
+    assert w.params.values()["celm_a"] == pytest.approx(0.5)
+
+
 @pytest.mark.gui
 def test_broken_checkpoint_notifies_and_viewer_keeps_working(
     make_napari_viewer, qtbot, tiny_mosaic, tmp_path, celnet_spec, monkeypatch

@@ -84,3 +84,17 @@ class ConfigForm(Container):
     def values(self) -> dict[str, Any]:
         """``{field name: value}`` of the fields shown."""
         return {w.name: w.value for w in self}
+
+    def set_values(self, values: dict[str, Any]) -> list[str]:
+        """Show ``values`` in the fields of the same names (others are ignored); returns the
+        names set. A value a field cannot take (out of its range, wrong type) is skipped."""
+        done = []
+        for w in self:
+            if w.name not in values or values[w.name] is None or isinstance(values[w.name], (list, dict)):
+                continue
+            try:
+                w.value = values[w.name]
+            except (ValueError, TypeError):
+                continue
+            done.append(w.name)
+        return done

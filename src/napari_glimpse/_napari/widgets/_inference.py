@@ -94,6 +94,7 @@ class InferenceWidget(Container):
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.recent.changed.connect(self.checkpoint.reset_choices)
+        self.checkpoint.changed.connect(self._on_checkpoint)
         # A closed dock (or viewer) must not leave a model running in the background.
         self.native.destroyed.connect(self._quit_quietly)
         if viewer is not None:
@@ -132,6 +133,25 @@ class InferenceWidget(Container):
         self.checkpoint.reset_choices()
         if spec is not None and not self.checkpoint.choices:
             self.status.value = "no checkpoint yet: train one or choose a file"
+        self._on_checkpoint(self.checkpoint.value)
+
+    def _on_checkpoint(self, value) -> None:
+        """Show the chosen checkpoint's own settings (e.g. CELM a, b and threshold chosen on
+        validation data) in the parameter fields of the same names."""
+        from ...errors import GlimpseError
+        from ...runtime.checkpoint import load_checkpoint
+
+        if not value or not self.method.value:
+            return
+        path = _methods.default_checkpoint(_methods.get_spec(self.method.value)) if value == DEFAULT else value
+        if not path:
+            return
+        try:
+            config = load_checkpoint(path).config
+        except GlimpseError as exc:
+            self.status.value = f"checkpoint: {exc}"  # Run reports it as an error
+            return
+        self.params.set_values(config)
 
     def _on_file_picked(self, path) -> None:
         path = str(path)
