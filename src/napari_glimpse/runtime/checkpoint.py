@@ -30,7 +30,7 @@ from ..errors import CheckpointError
 
 __all__ = [
     "Checkpoint", "save_checkpoint", "load_checkpoint", "load_state_checked", "load_model",
-    "config_from_checkpoint", "FORMAT_VERSION",
+    "config_from_checkpoint", "read_header", "FORMAT_VERSION",
 ]
 
 FORMAT_VERSION = 1
@@ -175,6 +175,41 @@ def _check_safetensors_file(path: Path) -> None:
         raise CheckpointError(f"cannot read checkpoint: {exc.strerror or exc}", path) from exc
 
 
+def read_header(path: str | os.PathLike, expected_method: str | None = None) -> dict:
+    """The JSON header of a checkpoint (method, config, metrics, ...) without reading its weights.
+
+    Raises
+    ------
+    CheckpointError
+        As :func:`load_checkpoint`, for everything the header shows.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("checkpoint file not found", path)
+    _check_safetensors_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+    except (SafetensorError, ValueError, OSError, RuntimeError) as exc:
+        raise CheckpointError(f"corrupt or truncated checkpoint ({exc})", path) from exc
+    if _META_KEY not in metadata:
+        raise CheckpointError("safetensors file without a napari-glimpse header (method, config)", path)
+    try:
+        header = json.loads(metadata[_META_KEY])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"corrupt checkpoint header ({exc})", path) from exc
+    method = header.get("method")
+    if not isinstance(method, str) or not isinstance(header.get("config"), dict):
+        raise CheckpointError("checkpoint header lacks a method name or config", path)
+    if expected_method is not None and method != expected_method:
+        raise CheckpointError(
+            f"checkpoint is for method {method!r}, but method {expected_method!r} was asked for", path
+        )
+    return header
+
+
 def load_checkpoint(path: str | os.PathLike, expected_method: str | None = None) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint`; never executes code from the file.
 
@@ -194,30 +229,12 @@ def load_checkpoint(path: str | os.PathLike, expected_method: str | None = None)
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError("checkpoint file not found", path)
-    _check_safetensors_file(path)
+    header = read_header(path, expected_method)
+    method = header["method"]
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as fh:
-            metadata = fh.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, ValueError, OSError, RuntimeError) as exc:
         raise CheckpointError(f"corrupt or truncated checkpoint ({exc})", path) from exc
-    if _META_KEY not in metadata:
-        raise CheckpointError("safetensors file without a napari-glimpse header (method, config)", path)
-    try:
-        header = json.loads(metadata[_META_KEY])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"corrupt checkpoint header ({exc})", path) from exc
-    method = header.get("method")
-    if not isinstance(method, str) or not isinstance(header.get("config"), dict):
-        raise CheckpointError("checkpoint header lacks a method name or config", path)
-    if expected_method is not None and method != expected_method:
-        raise CheckpointError(
-            f"checkpoint is for method {method!r}, but method {expected_method!r} was asked for", path
-        )
     model_state, optim_tensors, rng = {}, {}, {}
     for name, t in tensors.items():
         prefix, _, rest = name.partition(".")

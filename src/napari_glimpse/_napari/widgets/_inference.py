@@ -139,7 +139,7 @@ class InferenceWidget(Container):
         """Show the chosen checkpoint's own settings (e.g. CELM a, b and threshold chosen on
         validation data) in the parameter fields of the same names."""
         from ...errors import GlimpseError
-        from ...runtime.checkpoint import load_checkpoint
+        from ...runtime.checkpoint import read_header
 
         if not value or not self.method.value:
             return
@@ -147,7 +147,7 @@ class InferenceWidget(Container):
         if not path:
             return
         try:
-            config = load_checkpoint(path).config
+            config = read_header(path)["config"]  # the header only: no weights on the GUI thread
         except GlimpseError as exc:
             self.status.value = f"checkpoint: {exc}"  # Run reports it as an error
             return
