@@ -44,6 +44,8 @@ def test_headless_view_runs_shipped_models(tiny_mosaic, qapp):
         assert m["truth"]["mosaic_label"] in (0, 1)
         assert (out / f"mosaic-{name}.png").is_file() and (out / f"mosaic-{name}-window.png").is_file()
     assert summary["methods"]["celnet"]["layers"] == CELNET_LAYERS
+    dice = summary["methods"]["celnet"]["truth"]["evidence mask: Dice with tumour"]
+    assert dice is None or 0.0 <= dice <= 1.0
     gt = summary["methods"]["glimpse-tree"]["layers"]
     assert "glimpse edges" in gt and any(n.startswith("glimpses L") for n in gt)
     assert any(n.startswith("Q L0") for n in gt)

@@ -136,7 +136,8 @@ def truth_check(result, mask, label: int | None) -> dict[str, Any]:
 
     Points layers (e.g. CELNet's NMS peaks): how many fall in tumour. Boxes with a
     ``score`` (glimpse-tree leaves): whether the top-scored box's centre is in tumour, and
-    how many leaves are. Maps: whether the argmax cell of the first heatmap is in tumour.
+    how many leaves are. Maps: whether the argmax cell of the first heatmap is in tumour;
+    label maps (evidence masks): their Dice with the tumour mask, at the map's cells.
     """
     out: dict[str, Any] = {"mosaic_label": label}
     if result.slide_score is not None and label is not None:
@@ -167,4 +168,14 @@ def truth_check(result, mask, label: int | None) -> dict[str, Any]:
         sx, sy = (m.cell_size, m.cell_size) if np.isscalar(m.cell_size) else m.cell_size
         xy = np.array([[m.origin[0] + (c + 0.5) * sx, m.origin[1] + (r + 0.5) * sy]])
         out[f"argmax of {m.name!r} in tumour"] = bool(_in_mask(mask, xy)[0])
+    for m in result.maps:  # label maps (e.g. CELNet's evidence mask): overlap with the tumour
+        if m.kind != "labels" or np.ndim(m.data) != 2 or not np.size(m.data):
+            continue
+        rows, cols = np.shape(m.data)
+        sx, sy = (m.cell_size, m.cell_size) if np.isscalar(m.cell_size) else m.cell_size
+        yy, xx = np.mgrid[0:rows, 0:cols]
+        centres = np.stack([m.origin[0] + (xx.ravel() + 0.5) * sx, m.origin[1] + (yy.ravel() + 0.5) * sy], 1)
+        truth, pred = _in_mask(mask, centres), np.asarray(m.data).ravel() > 0
+        total = int(truth.sum() + pred.sum())
+        out[f"{m.name}: Dice with tumour"] = round(2 * int((truth & pred).sum()) / total, 3) if total else None
     return out
