@@ -246,7 +246,9 @@ def _train(method, config, build_model, train_dir, out, *, val_dir, resume, dev,
                 (loss * (e - s) / len(y)).backward()
                 return loss.item() * (e - s)
 
-            losses, micro = run_in_chunks(step, len(y), micro)
+            # Under DDP every rank must run the same number of backward passes, so a rank may
+            # not shrink its micro-batches alone on out-of-memory: it fails instead of hanging.
+            losses, micro = run_in_chunks(step, len(y), micro, min_chunk=micro if ctx.enabled else 1)
             optimizer.step()
             running += sum(losses)
             seen += len(y)
