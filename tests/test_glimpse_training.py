@@ -117,3 +117,82 @@ def test_init_starts_from_given_weights(mosaics, tmp_path, tiny_model):  # noqa:
     ref = tiny_model.state_dict()
     assert all(torch.equal(state[k], ref[k]) for k in ref if k.startswith("policies."))
     assert not all(torch.equal(state[k], ref[k]) for k in ref if k.startswith("classifier.") and "weight" in k)
+
+
+def test_dense_max_target_is_the_best_leaf_inside_each_child():
+    # a root of 16 x 16 leaf tiles, 2 px each; a child is 8 px (4 x 4 tiles); one tumour tile
+    from napari_glimpse.methods.glimpse_tree.policy_dense import _centre_map, _upsample, dense_targets
+
+    score = np.full((16, 16), 0.1, np.float32)
+    score[5, 7] = 0.9
+    root = dense_targets("dense-max", torch.from_numpy(_centre_map(score, 2))[None], 8, leaf_child=False)[0]
+    assert root.shape == (32 - 8 + 1,) * 2
+    # the tile's centre pixel is (11, 15); a child box [i, i + 8) holds it for i in 4..11
+    rows, cols = np.nonzero(root.numpy() > 0.5)
+    assert set(rows) == set(range(4, 12)) and set(cols) == set(range(8, 16))
+    assert np.allclose(root.numpy()[root.numpy() <= 0.5], 0.1)
+    # children that are leaves: the mean of C's score over the child box, as the 'dense' target
+    leaf = dense_targets("dense-max", torch.from_numpy(_upsample(score, 2))[None], 2, leaf_child=True)[0]
+    assert np.isclose(float(leaf[10, 14]), 0.9) and np.isclose(float(leaf[9, 14]), 0.5)
+    # the separable pools equal the 2-D ones
+    import torch.nn.functional as F
+
+    from napari_glimpse.methods.glimpse_tree.policy_dense import box_pool
+
+    x = torch.rand(2, 40, 40, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(box_pool(x, 7, "mean"), F.avg_pool2d(x[:, None], 7, stride=1)[:, 0], atol=1e-6)
+    assert torch.equal(box_pool(x, 7, "max"), F.max_pool2d(x[:, None], 7, stride=1)[:, 0])
+
+
+def test_policy_only_training_keeps_c_and_computes_score_maps_once(mosaics, tmp_path, tiny_model,  # noqa: F811
+                                                                    monkeypatch):
+    from napari_glimpse.methods.glimpse_tree import inference
+    from napari_glimpse.methods.glimpse_tree.training import train
+    from napari_glimpse.runtime.checkpoint import load_checkpoint, save_checkpoint
+
+    folder, _ = mosaics
+    calls = []
+    real = inference.run_all
+    monkeypatch.setattr(inference, "run_all", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    init = save_checkpoint(tmp_path / "init.safetensors", method="glimpse-tree", config=tiny_model.config,
+                           model_state=tiny_model.state_dict())
+    cfg = GlimpseTreeConfig(**{**SMALL, "epochs": 2, "train_classifier": False, "policy_target": "dense-max",
+                               "policy_pos_weight": 10.0, "val_seeds": 2})
+    out, events = _run(train(folder, tmp_path / "p.safetensors", val_dir=folder, strategy="mil", config=cfg,
+                             init=init))
+    epochs = [e for e in events if e.stage == "epoch"]
+    assert len(epochs) == 2 and all("(P)" in e.message for e in epochs)
+    assert not any(e.stage == "load" and "warm-up" in e.message for e in events)
+    ckpt = load_checkpoint(tmp_path / "p.last.safetensors")
+    state, ref = ckpt.model_state, tiny_model.state_dict()
+    assert all(torch.equal(state[k], ref[k]) for k in ref if k.startswith("classifier."))
+    assert not all(torch.equal(state[k], ref[k]) for k in ref if k.startswith("policies.") and "weight" in k)
+    # validation runs the tree only (no 'All'); the two P epochs share one score map per region:
+    # four tiny mosaics of one region each, mapped in epoch 1 only
+    assert len(calls) == 4
+    assert all(np.isfinite(e.metrics["val_auc"]) for e in epochs)
+
+
+def test_region_image_cache_crops_what_the_reader_reads(mosaics):  # noqa: F811
+    from napari_glimpse.methods.glimpse_tree.policy_dense import RegionImages
+    from napari_glimpse.methods.glimpse_tree.training import _open_slides
+    from napari_glimpse.methods.glimpse_tree.data import find_slides
+
+    folder, _ = mosaics
+    cfg = GlimpseTreeConfig(**TINY)
+    slides = _open_slides(find_slides(folder, need="labels")[:1], cfg, "mil")
+    try:
+        ts = slides[0]
+        box = ts.regions[0]
+        cache, tile = RegionImages(), cfg.glimpse_size * ts.reader.downsample(cfg.levels)
+        for level, (r0, c0) in ((0, (0, 0)), (1, (3, 5)), (1, (12, 0))):
+            x0, y0 = box[0] + c0 * tile, box[1] + r0 * tile
+            got = cache.glimpse(ts, "r", box, level, x0, y0, cfg.glimpse_size)
+            assert np.array_equal(got, ts.reader.read(level, x0, y0))
+        assert len(cache._store) == 2  # one decoded region per level
+        small = RegionImages(max_bytes=0)  # over budget: read directly, keep nothing
+        assert np.array_equal(small.glimpse(ts, "r", box, 1, box[0], box[1], cfg.glimpse_size),
+                              ts.reader.read(1, box[0], box[1])) and not small._store
+    finally:
+        for ts in slides:
+            ts.slide.close()

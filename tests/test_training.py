@@ -216,3 +216,27 @@ def test_keep_freed_memory_sets_glibc_thresholds_and_can_be_turned_off(monkeypat
     monkeypatch.delenv("NAPARI_GLIMPSE_KEEP_FREED_MEMORY")
     expected = sys.platform.startswith("linux") and cpu_memory._mallopt() is not None
     assert cpu_memory.keep_freed_memory() is expected
+
+
+def test_init_fine_tunes_from_a_checkpoint_and_refuses_another_method(folders, tmp_path, capsys):
+    # a tiny lr and no momentum: one epoch leaves the init's weights all but unchanged
+    base = tmp_path / "base.safetensors"
+    _run(train_celnet(folders / "train", base, config=TINY, epochs=1))
+    out = tmp_path / "ft.safetensors"
+    cfg = CELNetConfig(**{**TINY.__dict__, "lr": 1e-7, "momentum": 0.0, "weight_decay": 0.0, "epochs": 1})
+    _run(train_celnet(folders / "train", out, config=cfg, init=str(base)))
+    fresh = tmp_path / "fresh.safetensors"
+    _run(train_celnet(folders / "train", fresh, config=cfg))
+    a, b, c = (load_checkpoint(p).model_state for p in (base, out, fresh))
+    assert load_checkpoint(out).header["training"]["init"] == str(base)
+    convs = [k for k, v in a.items() if k.endswith("weight") and v.ndim == 4]
+    assert convs and max(float((a[k] - b[k]).abs().max()) for k in convs) < 1e-4
+    assert max(float((a[k] - c[k]).abs().max()) for k in convs) > 1e-2
+    # the CLI flag, with a checkpoint of another method: a clear error, nothing written
+    from napari_glimpse.methods.glimpse_tree.api import shipped_checkpoint
+
+    rc = main(["train", "celnet", "--data", str(folders / "train"), "--out", str(tmp_path / "x.safetensors"),
+               "--epochs", "1", "--init", shipped_checkpoint("mil"), "--set", "widths=[4,8,8]"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "glimpse-tree" in err and "celnet" in err
+    assert not (tmp_path / "x.safetensors").exists()

@@ -2,13 +2,14 @@
 
 ``infer_flags(spec)``: every config field of group ``"inference"`` that ``spec.infer``
 accepts by name, plus ``infer``'s own simple keyword arguments (``--leaves``), each as
-``--field-name`` with default None (None = keep the checkpoint's config). Booleans become
-``store_true`` flags, tuples ``nargs="+"``, fields with ``choices`` metadata get choices.
+``--field-name`` with default None (None = keep the checkpoint's config). Booleans get both
+``--field-name`` and ``--no-field-name`` (a checkpoint's True must be switchable off), tuples ``nargs="+"``, fields with ``choices`` metadata get choices.
 ``config_flags(spec, names)``: the named config fields (e.g. ``strategy`` for training).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import inspect
 from typing import Any
@@ -29,7 +30,7 @@ class Flag:
 def _flag_for(name: str, default: Any, help_: str, choices=None) -> Flag:
     kw: dict[str, Any] = {"dest": name, "default": None, "help": help_}
     if isinstance(default, bool):
-        kw.update(action="store_true")
+        kw.update(action=argparse.BooleanOptionalAction)
     elif isinstance(default, tuple):
         kw.update(nargs="+", type=type(default[0]) if default else int, metavar="N")
     elif isinstance(default, (int, float, str)):

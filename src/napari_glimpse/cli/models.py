@@ -34,6 +34,8 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override any config field, e.g. --set blocks=1 (JSON values)")
     p.add_argument("--resume", action="store_true", help="continue from <stem>.last.safetensors")
+    p.add_argument("--init", metavar="CKPT", help="start from this checkpoint's weights (same method and "
+                   "architecture) with a fresh optimizer and schedule: fine-tuning")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="image decoding threads")
@@ -136,7 +138,7 @@ def train_cmd(args) -> int:
     path = _drive(spec.train(
         args.data, args.out, val_dir=args.val, config=config, resume=args.resume, device=args.device,
         seed=args.seed, workers=args.workers, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        epoch_size=args.epoch_size, val_limit=args.val_limit,
+        epoch_size=args.epoch_size, val_limit=args.val_limit, init=args.init,
     ))
     from ..runtime.distributed import is_main_process
 

@@ -376,12 +376,14 @@ def train_celnet(
     batch_size: int | None = None,
     epoch_size: int | None = None,
     val_limit: int | None = None,
+    init=None,
     **_ignored,
 ):
     """Train CELNet on patch folders (``0/`` normal, ``1/`` tumour); yields Progress, returns ``out``.
 
-    ``epochs``, ``lr`` and ``batch_size`` override the config. See
-    :func:`napari_glimpse.runtime.training.train` for the files written and ``resume``.
+    ``epochs``, ``lr`` and ``batch_size`` override the config; ``init`` starts from a CELNet
+    checkpoint's weights (fine-tuning). See :func:`napari_glimpse.runtime.training.train` for
+    the files written and ``resume``.
     """
     import dataclasses
 
@@ -394,6 +396,7 @@ def train_celnet(
     return (yield from train(
         "celnet", config, build_model, train_dir, out, val_dir=val_dir, resume=resume,
         device=device or "auto", seed=seed, workers=workers, epoch_size=epoch_size, val_limit=val_limit,
+        init=init,
     ))
 
 

@@ -141,6 +141,7 @@ def train(
     train_limit: int | None = None,
     loss_fn: Callable | None = None,
     classes: tuple[str, ...] = ("normal", "tumour"),
+    init: str | os.PathLike | None = None,
 ) -> Iterator[Progress]:
     """Train ``build_model(config)`` with SGD (Nesterov) and BCE; yields progress, returns ``out``.
 
@@ -162,6 +163,9 @@ def train(
         frequent validation and checkpoints on slow machines.
     val_limit, train_limit : int, optional
         Class-stratified seeded subsets of the validation / training folders.
+    init : path-like, optional
+        Start from these weights (a checkpoint of the same method and architecture) with a
+        fresh optimizer and schedule: fine-tuning. Ignored when resuming.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the ranks share every batch and average gradients
     (:mod:`.distributed`); rank 0 alone validates and writes ``out``.
@@ -170,12 +174,12 @@ def train(
         return (yield from _train(
             method, config, build_model, train_dir, out, val_dir=val_dir, resume=resume, dev=dev, ctx=ctx,
             seed=seed, workers=workers, epoch_size=epoch_size, val_limit=val_limit, train_limit=train_limit,
-            loss_fn=loss_fn, classes=classes,
+            loss_fn=loss_fn, classes=classes, init=init,
         ))
 
 
 def _train(method, config, build_model, train_dir, out, *, val_dir, resume, dev, ctx: DistContext, seed, workers,
-           epoch_size, val_limit, train_limit, loss_fn, classes) -> Iterator[Progress]:
+           epoch_size, val_limit, train_limit, loss_fn, classes, init=None) -> Iterator[Progress]:
     out = Path(out)
     last = last_path(out)
     if resume and not last.exists() and out.exists():
@@ -199,6 +203,8 @@ def _train(method, config, build_model, train_dir, out, *, val_dir, resume, dev,
     milestones = sorted({max(1, round(f * config.epochs)) for f in config.lr_milestones})
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.lr_gamma)
     start_epoch, best, history = 0, None, []
+    if init is not None and not (resume and last.exists()):
+        load_state_checked(model, load_checkpoint(init, expected_method=method))
     if resume and last.exists():
         ckpt = load_checkpoint(last, expected_method=method)
         load_state_checked(model, ckpt)
@@ -225,7 +231,8 @@ def _train(method, config, build_model, train_dir, out, *, val_dir, resume, dev,
         raise DatasetError(f"{per_epoch} training patches cannot be split over {ctx.world_size} processes", train_dir)
     micro = config.batch_size
     summary = {"train": train_data.summary(), "val": val_data.summary() if val_data else None,
-               "seed": seed, "epoch_size": per_epoch, "device": str(dev), "world_size": ctx.world_size}
+               "seed": seed, "epoch_size": per_epoch, "device": str(dev), "world_size": ctx.world_size,
+               "init": str(init) if init is not None else None}
     for epoch in range(start_epoch, config.epochs):
         t0 = time.time()
         gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)

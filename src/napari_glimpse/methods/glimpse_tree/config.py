@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
-__all__ = ["GlimpseTreeConfig", "branching_for_leaves", "BACKBONES"]
+__all__ = ["GlimpseTreeConfig", "branching_for_leaves", "BACKBONES", "POLICY_TARGETS"]
 
 BACKBONES = ("small", "resnet18", "resnet34", "inception_v3")
+POLICY_TARGETS = ("sampled", "dense", "dense-max")
 
 
 def _f(default, help: str, **meta):
@@ -97,9 +98,10 @@ class GlimpseTreeConfig:
                                           group="training")
     policy_branching: tuple[int, ...] = _f((4, 8), "branching in policy epochs: more trajectories per region "
                                            "for eq. 5 (leaves are only scored, not trained)", group="training")
-    policy_target: str = _f("sampled", "policy loss: sampled (eq. 5 at the drawn centres, the paper) or dense "
-                            "(eq. 1 at every position against C's scores on all leaf tiles)",
-                            choices=("sampled", "dense"), group="training")
+    policy_target: str = _f("sampled", "policy loss: sampled (eq. 5 at the drawn centres, the paper), dense "
+                            "(q pixel-wise against C's scores on all leaf tiles) or dense-max (eq. 1: K * q at "
+                            "every centre against the best leaf score inside that child)",
+                            choices=POLICY_TARGETS, group="training")
     policy_regions: int = _f(0, "dense policy target: C's score maps of at most this many random regions per "
                              "policy epoch (0 = all)", min=0, max=10**6, group="training")
     policy_pos_weight: float = _f(0.0, "dense policy target: extra weight of the squared error where C's score "
@@ -113,6 +115,12 @@ class GlimpseTreeConfig:
     temperature_decay: float = _f(0.75, "training temperature factor per epoch", min=0.01, max=1.0, group="training")
     temperature_min: float = _f(0.05, "lowest training temperature", min=1e-4, max=100.0, group="training")
     augment: bool = _f(True, "random 90-degree rotations and flips of classifier glimpses", group="training")
+    train_classifier: bool = _f(True, "alternate C and policy epochs; off: every epoch trains the policies only, "
+                                "C frozen (fine-tune the policies of a trained model given with init)",
+                                group="training")
+    val_seeds: int = _f(1, "validation: the tree's slide AUC averaged over this many sampling seeds "
+                        "(one seed's AUC on a few slides is noisy, and picking the best epoch on it overfits)",
+                        min=1, max=100, group="training")
 
     def __post_init__(self):
         for name in ("branching", "train_branching", "policy_branching"):
@@ -126,8 +134,9 @@ class GlimpseTreeConfig:
             raise ValueError(f"GlimpseTreeConfig.backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.strategy not in ("supervised", "mil"):
             raise ValueError(f"GlimpseTreeConfig.strategy must be supervised or mil, got {self.strategy!r}")
-        if self.policy_target not in ("sampled", "dense"):
-            raise ValueError(f"GlimpseTreeConfig.policy_target must be sampled or dense, got {self.policy_target!r}")
+        if self.policy_target not in POLICY_TARGETS:
+            raise ValueError(f"GlimpseTreeConfig.policy_target must be one of {POLICY_TARGETS}, "
+                             f"got {self.policy_target!r}")
         if self.tissue not in ("otsu", "grey"):
             raise ValueError(f"GlimpseTreeConfig.tissue must be otsu or grey, got {self.tissue!r}")
         for f_ in fields(self):

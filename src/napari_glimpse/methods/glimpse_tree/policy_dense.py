@@ -3,11 +3,27 @@
 Eq. 1 asks (K * q_l)(c) = E[y_hat_k] for a child centred at c. Eq. 5 fits it only at the
 centres the tree happened to sample, which gives a U-Net from scratch a few dozen terms per
 region and epoch. Here C's score is computed once per P epoch on every leaf-sized tile of
-each training region (the 'All' map S, C's scores, never the ground truth, as in eq. 5), and
-q_l of a glimpse is regressed pixel-wise onto S upsampled to that glimpse's pixels: since K
-is linear, q = S implies (K * q)(c) = the mean of C's scores over the child's extent, which is
-E[y_hat] under uniform placement of the leaves below it. ``config.policy_target = "dense"``
-selects it; ``"sampled"`` (default) is the paper's eq. 5.
+each training region (the 'All' map S: C's scores, never the ground truth, as in eq. 5), and
+the policy is fitted against it at every position. Two dense targets
+(``config.policy_target``):
+
+``"dense"``
+    q_l itself is regressed pixel-wise onto S upsampled to the glimpse's pixels. Since K is
+    linear, q = S gives (K * q)(c) = the mean of C's scores over the child's extent: E[y_hat]
+    under uniform placement of the leaves below the child.
+``"dense-max"``
+    (K * q_l)(c) is regressed at every valid child centre c onto the leaf score a child at c
+    leads to. For a child that is a leaf, that is C's score there (S averaged over the child's
+    box, which interpolates between tiles). For a deeper child, whose own policy is meant to
+    find the best leaf inside it at the low test temperature, it is the maximum of S over
+    the tiles inside the child's box. This is eq. 1 with the expectation taken under the
+    trained deeper policy instead of uniform placement: a single tumour tile then raises the
+    whole child's K * q, where the mean target dilutes it 16-fold at the root.
+
+``"sampled"`` (default) is the paper's eq. 5 and lives in :mod:`.training`.
+
+With ``config.train_classifier = False`` C never changes, so S is computed once and reused by
+every P epoch (``cache``).
 """
 
 from __future__ import annotations
@@ -18,34 +34,110 @@ import numpy as np
 
 from ...runtime.events import Progress
 
-__all__ = ["dense_policy_epoch"]
+__all__ = ["dense_policy_epoch", "dense_targets", "box_pool", "RegionImages"]
 
 
 def _upsample(block: np.ndarray, factor: int) -> np.ndarray:
     return np.kron(block, np.ones((factor, factor), dtype=block.dtype))
 
 
-def dense_policy_epoch(model, optimizer, scheduler, slides, config, rng, gen, device, epoch: int) -> Generator:
+def _centre_map(block: np.ndarray, factor: int) -> np.ndarray:
+    """S on a glimpse's pixels only at tile centres, -inf elsewhere (max pooling picks tiles)."""
+    out = np.full((block.shape[0] * factor, block.shape[1] * factor), -np.inf, np.float32)
+    out[factor // 2 :: factor, factor // 2 :: factor] = block
+    return out
+
+
+def dense_targets(kind: str, pixel_map, k: int, leaf_child: bool):
+    """(N, S - k + 1, S - k + 1) targets of (K * q) at every child centre, from transformed pixel maps.
+
+    ``pixel_map`` (N, S, S) torch: S upsampled (``leaf_child``: box means) or S at tile centres
+    (deeper children: box maxima). Pooling commutes with the dihedral transforms, so the maps may
+    be turned before this is called.
+    """
+    if kind != "dense-max":
+        raise ValueError(f"dense_targets is for policy_target='dense-max', got {kind!r}")
+    return box_pool(pixel_map, k, "mean" if leaf_child else "max")
+
+
+def box_pool(x, k: int, mode: str):
+    """Mean or max of (N, S, S) ``x`` over every k x k box inside it: (N, S - k + 1, S - k + 1).
+
+    Two separable 1-D passes (2k per output instead of k^2: a child box is 76 px, so this is
+    what makes a dense policy step cheap); differentiable.
+    """
+    import torch.nn.functional as F
+
+    pool = F.avg_pool2d if mode == "mean" else F.max_pool2d
+    return pool(pool(x[:, None], (k, 1), stride=1), (1, k), stride=1)[:, 0]
+
+
+def score_maps(model, regions, cache: dict | None, epoch: int) -> Generator:
+    """C's All map of every region, from ``cache`` when given and filled; yields Progress."""
+    from .inference import run_all
+
+    maps = []
+    for k, (key, ts, box) in enumerate(regions):
+        if cache is not None and key in cache:
+            maps.append(cache[key])
+            continue
+        score = np.nan_to_num(run_all(model, ts.reader, box, None, 0.0)).astype(np.float32)
+        if cache is not None:
+            cache[key] = score
+        maps.append(score)
+        if (k + 1) % 8 == 0:
+            yield Progress("train", k + 1, len(regions), f"epoch {epoch + 1}: C's score maps for the policy")
+    return maps
+
+
+_IMAGE_CACHE_BYTES = 1 << 30  # whole regions kept decoded per level, up to this much in all
+
+
+class RegionImages:
+    """Each training region read once per tree level and kept, so policy passes crop instead of
+    decoding the slide again (the passes are otherwise dominated by TIFF reads). Regions beyond
+    ``max_bytes`` are read glimpse by glimpse as before."""
+
+    def __init__(self, max_bytes: int = _IMAGE_CACHE_BYTES):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._store: dict = {}
+
+    def glimpse(self, ts, key, box, level: int, x0: float, y0: float, size: int) -> np.ndarray:
+        """The ``size`` px glimpse of tree ``level`` with level-0 corner (x0, y0) inside region ``box``."""
+        ds = ts.reader.downsample(level)
+        full = round((box[2] - box[0]) / ds)
+        strip = self._store.get((key, level))
+        if strip is None and self.bytes + full * full * 3 <= self.max_bytes:
+            strip = ts.reader.read_strip(level, box[0], box[1], full, full)
+            self._store[(key, level)] = strip
+            self.bytes += strip.nbytes
+        ox, oy = round((x0 - box[0]) / ds), round((y0 - box[1]) / ds)
+        if strip is None or ox < 0 or oy < 0 or ox + size > full or oy + size > full:
+            return ts.reader.read(level, x0, y0, size)
+        return strip[oy : oy + size, ox : ox + size]
+
+
+def dense_policy_epoch(model, optimizer, scheduler, slides, config, rng, gen, device, epoch: int,
+                       cache: dict | None = None, images_cache: RegionImages | None = None) -> Generator:
     """One dense P epoch; yields Progress, returns (sum of losses, number of maps)."""
     import torch
 
-    from .inference import run_all, to_tensor
+    from .inference import to_tensor
 
     s, scale, levels = config.glimpse_size, config.level_scale, config.levels
+    k = config.child_extent
     n_tiles = scale**levels
     model.classifier.eval()
-    regions = [(ts, box) for ts in slides for box in ts.regions]
+    regions = [((si, r), ts, box) for si, ts in enumerate(slides) for r, box in enumerate(ts.regions)]
     if config.policy_regions and len(regions) > config.policy_regions:
         regions = [regions[i] for i in np.sort(rng.choice(len(regions), config.policy_regions, replace=False))]
-    maps = []
-    for k, (ts, box) in enumerate(regions):
-        maps.append((ts, box, np.nan_to_num(run_all(model, ts.reader, box, None, 0.0)).astype(np.float32)))
-        if (k + 1) % 8 == 0:
-            yield Progress("train", k + 1, len(regions), f"epoch {epoch + 1}: C's score maps for the policy")
+    maps = yield from score_maps(model, regions, cache, epoch)
+    images_cache = images_cache if images_cache is not None else RegionImages()
     total, count = 0.0, 0
     for p in range(config.policy_passes):
         for i in rng.permutation(len(maps)):
-            ts, box, score = maps[i]
+            (key, ts, box), score = regions[i], maps[i]
             model.policies.train()
             optimizer.zero_grad(set_to_none=True)
             loss = 0.0
@@ -53,13 +145,18 @@ def dense_policy_epoch(model, optimizer, scheduler, slides, config, rng, gen, de
                 span = scale ** (levels - level)  # tiles per glimpse side at this level
                 per_tile = s // span
                 tile_px = s * ts.reader.downsample(levels)
+                leaf_child = level == levels - 1
                 # the root once; deeper levels at a few random tile-aligned positions in the region
                 starts = [(0, 0)] if span == n_tiles else [
                     tuple(rng.integers(0, n_tiles - span + 1, size=2)) for _ in range(max(2, 8 // (level + 1)))]
                 images, targets = [], []
                 for r0, c0 in starts:
-                    images.append(ts.reader.read(level, box[0] + c0 * tile_px, box[1] + r0 * tile_px))
-                    targets.append(_upsample(score[r0 : r0 + span, c0 : c0 + span], per_tile))
+                    images.append(images_cache.glimpse(ts, key, box, level, box[0] + c0 * tile_px,
+                                                       box[1] + r0 * tile_px, s))
+                    block = score[r0 : r0 + span, c0 : c0 + span]
+                    dense_max = config.policy_target == "dense-max"
+                    targets.append(_centre_map(block, per_tile) if dense_max and not leaf_child
+                                   else _upsample(block, per_tile))
                 x = to_tensor(np.stack(images), device)
                 y = torch.from_numpy(np.stack(targets)).to(device)[:, None]
                 op = int(torch.randint(0, 8, (1,), generator=gen))  # one dihedral transform for both
@@ -67,10 +164,15 @@ def dense_policy_epoch(model, optimizer, scheduler, slides, config, rng, gen, de
                     x, y = x.flip(-1), y.flip(-1)
                 x, y = torch.rot90(x, op % 4, dims=(-2, -1)), torch.rot90(y, op % 4, dims=(-2, -1))
                 q = model.q_map(level, x)
+                if config.policy_target == "dense-max":
+                    target = dense_targets("dense-max", y[:, 0], k, leaf_child)
+                    pred = box_pool(q, k, "mean")  # (K * q) at every valid centre
+                else:
+                    target, pred = y[:, 0], q
                 # tumour is rare: weighting the squared error up where C scores high keeps q from
                 # settling on the mean score everywhere
-                weight = 1.0 + config.policy_pos_weight * y[:, 0]
-                loss = loss + (weight * (q - y[:, 0]) ** 2).sum() / (s * s)
+                weight = 1.0 + config.policy_pos_weight * target
+                loss = loss + (weight * (pred - target) ** 2).sum() / target[0].numel()
                 count += len(images)
             loss.backward()
             optimizer.step()

@@ -12,7 +12,9 @@ trajectories give eq. 5 more terms per U-Net pass) runs the tree with gradients 
 and minimises eq. 5: for every root-to-leaf trajectory, the sum over levels of
 ((K * q_l)(c_{l+1}) - y_hat_leaf)^2 with y_hat C's score. The temperature starts high (near
 uniform sampling) and decays by ``temperature_decay`` per alternating epoch down to
-``temperature_min``.
+``temperature_min``. With ``train_classifier=False`` every epoch is a P epoch and C stays as
+``init`` gave it (fine-tuning the policies of a trained tree); with a dense policy target, C's
+score maps are then computed once and reused.
 
 Checkpoints: ``out`` (best validation slide AUC) and ``<stem>.last.safetensors`` (every
 epoch, with optimizer / scheduler state). Randomness per epoch comes from generators seeded
@@ -40,8 +42,10 @@ METHOD = "glimpse-tree"
 
 def temperature_at(config: GlimpseTreeConfig, epoch: int) -> float:
     """Training temperature of ``epoch`` (0-based): infinite (uniform) during the warm-up."""
-    if epoch < config.warmup_epochs:
+    if config.train_classifier and epoch < config.warmup_epochs:
         return float("inf")
+    if not config.train_classifier:  # policies only: no warm-up epochs to skip
+        return max(config.temperature_min, config.temperature_start * config.temperature_decay ** epoch)
     return max(config.temperature_min, config.temperature_start * config.temperature_decay ** (epoch - config.warmup_epochs))
 
 
@@ -210,15 +214,17 @@ def _validate(model, val_items, config) -> Generator:
     from ...runtime.training import roc_auc
     from .api import infer_slide
 
-    scores, labels = [], []
+    seeds = [config.seed + k for k in range(config.val_seeds)]
+    scores = np.zeros((len(seeds), len(val_items)))
     for i, item in enumerate(val_items):
-        res = yield from infer_slide(model, item.path, branching=config.branching, temperature=config.temperature,
-                                     seed=config.seed, dense=False, tissue=config.tissue,
-                                     tissue_min=config.tissue_min, show_q=False)
-        scores.append(res.slide_score)
-        labels.append(item.label)
+        for j, seed in enumerate(seeds):
+            res = yield from infer_slide(model, item.path, branching=config.branching,
+                                         temperature=config.temperature, seed=seed, dense=False,
+                                         tissue=config.tissue, tissue_min=config.tissue_min, show_q=False)
+            scores[j, i] = res.slide_score
         yield Progress("validate", i + 1, len(val_items), f"validation slide {i + 1}/{len(val_items)}")
-    return roc_auc(np.array(labels), np.array(scores))
+    labels = np.array([item.label for item in val_items])
+    return float(np.mean([roc_auc(labels, row) for row in scores]))
 
 
 def train(
@@ -252,8 +258,9 @@ def train(
     resume
         Continue from ``<stem>.last.safetensors`` (weights, optimizer, scheduler, epoch).
     init
-        Start from these weights (a glimpse-tree checkpoint of the same architecture) with a
-        fresh optimizer and schedule, e.g. to train the policies further on a trained C.
+        Start from these weights (a glimpse-tree checkpoint of the same architecture, or
+        ``"supervised"`` / ``"mil"`` for the shipped ones) with a fresh optimizer and schedule,
+        e.g. to train the policies further on a trained C (``train_classifier=False``).
     """
     import torch
 
@@ -288,13 +295,21 @@ def train(
     if len({ts.label for ts in slides}) < 2:
         raise DatasetError("training needs positive and negative slides", train_dir)
     try:
-        warm = yield from _warmup_set(slides, config, strategy, np.random.default_rng([seed, 7]))
+        if config.train_classifier:
+            warm = yield from _warmup_set(slides, config, strategy, np.random.default_rng([seed, 7]))
+        else:  # policies only: C is never trained, so no warm-up glimpses are read
+            s_ = config.glimpse_size
+            warm = (np.zeros((0, s_, s_, 3), np.uint8), np.zeros(0, np.float32), np.zeros(0, bool))
         torch.manual_seed(seed)
         model = build_model(config).to(dev)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_decay_steps, gamma=config.lr_decay)
         start, best, history = 0, None, []
         if init is not None and not (resume and last.exists()):
+            from .api import SHIPPED, shipped_checkpoint
+
+            if str(init) in SHIPPED:  # "supervised" / "mil": the shipped weights of that strategy
+                init = shipped_checkpoint(str(init)) or init
             load_state_checked(model, load_checkpoint(init, expected_method=METHOD))
         if resume and last.exists():
             ckpt = load_checkpoint(last, expected_method=METHOD)
@@ -308,9 +323,14 @@ def train(
                    "val_slides": len(val_items), "warmup_glimpses": int(len(warm[1])),
                    "warmup_positive": int(warm[1].sum()), "strategy": strategy, "seed": seed, "device": str(dev),
                    "init": str(init) if init else None}
+        # C's score maps stay valid across epochs only while C is frozen
+        score_cache = {} if not config.train_classifier else None
+        from .policy_dense import RegionImages
+
+        images_cache = RegionImages()  # decoded regions for dense policy passes (pixels never change)
         for epoch in range(start, config.epochs):
             yield from _one_epoch(model, optimizer, scheduler, slides, warm, config, strategy, epoch, seed, dev,
-                                  history)
+                                  history, score_cache, images_cache)
             record = history[-1]
             if val_items:
                 model.eval()
@@ -318,7 +338,8 @@ def train(
                 score = record["val_auc"]
             else:
                 score = -record["loss"]
-            improved = epoch + 1 >= config.warmup_epochs and (best is None or not score <= best["score"])
+            warmed = not config.train_classifier or epoch + 1 >= config.warmup_epochs
+            improved = warmed and (best is None or not score <= best["score"])
             if improved:
                 best = {"epoch": epoch + 1, "score": score}
             header = {"classes": ["normal", "tumour"], "mpp": float(config.mpp), "epoch": epoch + 1,
@@ -339,7 +360,17 @@ def train(
     return str(out)
 
 
-def _one_epoch(model, optimizer, scheduler, slides, warm, config, strategy, epoch, seed, dev, history):
+def _phase(config: GlimpseTreeConfig, epoch: int) -> str:
+    """What ``epoch`` (0-based) trains: ``"warm-up C"``, ``"C"`` or ``"P"``."""
+    if not config.train_classifier:
+        return "P"
+    if epoch < config.warmup_epochs:
+        return "warm-up C"
+    return "C" if (epoch - config.warmup_epochs) % 2 == 0 else "P"
+
+
+def _one_epoch(model, optimizer, scheduler, slides, warm, config, strategy, epoch, seed, dev, history,
+               score_cache=None, images_cache=None):
     import torch
 
     t0 = time.time()
@@ -348,11 +379,10 @@ def _one_epoch(model, optimizer, scheduler, slides, warm, config, strategy, epoc
     torch.manual_seed(seed * 7919 + epoch)
     temperature = temperature_at(config, epoch)
     warm_x, warm_y, warm_neg = warm
-    if epoch < config.warmup_epochs:
-        phase = "warm-up C"
+    phase = _phase(config, epoch)
+    if phase == "warm-up C":
         total, n = _classifier_steps(model, optimizer, scheduler, warm_x, warm_y, config, gen, dev)
-    elif (epoch - config.warmup_epochs) % 2 == 0:
-        phase = "C"
+    elif phase == "C":
         images, labels = [], []
         order = rng.permutation(len(slides))
         for k, si in enumerate(order):
@@ -374,15 +404,15 @@ def _one_epoch(model, optimizer, scheduler, slides, warm, config, strategy, epoc
                             else np.zeros(len(replay), np.float32)])
         total, n = _classifier_steps(model, optimizer, scheduler, x, y, config, gen, dev)
     else:
-        phase = "P"
         model.classifier.eval()
         total, n = 0.0, 0
-        if config.policy_target == "dense":
+        dense = config.policy_target in ("dense", "dense-max")
+        if dense:
             from .policy_dense import dense_policy_epoch
 
             total, n = yield from dense_policy_epoch(model, optimizer, scheduler, slides, config, rng, gen, dev,
-                                                     epoch)
-        passes = 0 if config.policy_target == "dense" else config.policy_passes
+                                                     epoch, cache=score_cache, images_cache=images_cache)
+        passes = 0 if dense else config.policy_passes
         order = [si for _ in range(passes) for si in rng.permutation(len(slides))]
         for k, si in enumerate(order):
             ts = slides[si]
