@@ -170,6 +170,9 @@ def test_policy_only_training_keeps_c_and_computes_score_maps_once(mosaics, tmp_
     # validation runs the tree only (no 'All'); the two P epochs share one score map per region:
     # four tiny mosaics of one region each, mapped in epoch 1 only
     assert len(calls) == 4
+    # the policies' batch-norm statistics are recomputed over the four regions after each P epoch
+    tracked = [int(v) for k, v in state.items() if k.startswith("policies.") and k.endswith("num_batches_tracked")]
+    assert tracked and set(tracked) == {4}
     assert all(np.isfinite(e.metrics["val_auc"]) for e in epochs)
 
 

@@ -27,3 +27,30 @@ def test_shipped_celnet_beats_chance_on_held_out_pcam():
     # bar is "clearly better than chance", which a random or constant model does not pass.
     assert metrics["auc"] > 0.75, metrics
     assert metrics["accuracy"] > 0.65, metrics
+
+
+@pytest.fixture(scope="module")
+def held_out_mosaics(tmp_path_factory):
+    """Eight one-region mosaics (4992 px) of the 80 held-out PCam validation patches, four with tumour."""
+    from napari_glimpse.mosaic import make_mosaics
+
+    out = tmp_path_factory.mktemp("held_out_mosaics")
+    make_mosaics(HELD_OUT, out, count=8, size=(4992, 4992), seed=21, max_patches_per_class=40)
+    return out
+
+
+@pytest.mark.parametrize("strategy", ["supervised", "mil"])
+def test_shipped_glimpse_trees_beat_chance_on_held_out_mosaics(held_out_mosaics, strategy):
+    # patches no shipped model saw, in slides none was selected on; N_G = 8, T = 0.05, seed 0.
+    # Eight slides are few, so the bar is well above chance, not the README's figures.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = _drain(get_method("glimpse-tree").evaluate(held_out_mosaics, strategy, device="cpu", seed=0))
+    finally:
+        torch.set_num_threads(threads)
+    assert res["n"] == 8 and sum(res["labels"]) == 4
+    assert res["auc"] >= 0.8, res
+    assert res["patches_per_slide"] <= 11  # the tree reads 1 + 2 + 8 glimpses per region

@@ -435,6 +435,18 @@ def test_training_one_epoch_checkpoint_appears_in_inference_widget(
     assert training.status.value.startswith("saved"), training.status.value
     assert ("epoch", 2) in epochs_seen and ("epoch", 1) not in epochs_seen
 
+    # "start from": a new run fine-tuned from the checkpoint just trained
+    from napari_glimpse.runtime.checkpoint import read_header
+
+    training.init.value = training.last_checkpoint
+    training.output.value = patch_dirs / "finetuned.safetensors"
+    training.epochs.value = 1
+    assert training.start() is not None
+    qtbot.waitUntil(lambda: training.worker is None, timeout=120_000)
+    assert training.status.value.startswith("saved"), training.status.value
+    header = read_header(patch_dirs / "finetuned.safetensors")
+    assert header["training"]["init"] == str(Path(patch_dirs / "trained.safetensors").resolve())
+
 
 @pytest.mark.gui
 def test_glimpse_tree_run_attaches_click_select_and_layers_are_in_um(

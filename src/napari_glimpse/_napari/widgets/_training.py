@@ -47,7 +47,7 @@ def _is_set(path) -> bool:
 
 
 class TrainingWidget(Container):
-    """Train a model: data, epochs, learning rate, batch size, device, output, resume."""
+    """Train a model: data, epochs, learning rate, batch size, device, output, start from, resume."""
 
     def __init__(self, napari_viewer=None, recent: RecentCheckpoints | None = None):
         super().__init__(labels=True)
@@ -67,6 +67,9 @@ class TrainingWidget(Container):
         self.device = ComboBox(label="device", choices=list(DEVICES), value="auto")
         self.output = FileEdit(label="output checkpoint", mode="w", filter="*.safetensors",
                                tooltip="where the checkpoint is written (weights + JSON config)")
+        self.init = FileEdit(label="start from", mode="r", filter="*.safetensors",
+                             tooltip="optional: fine-tune from this checkpoint's weights (same method and "
+                                     "architecture) with a fresh optimizer; leave empty to train from scratch")
         self.resume = CheckBox(label="resume", value=False,
                                tooltip="continue from the output checkpoint's saved state")
         self.start_button = PushButton(text="Start")
@@ -76,7 +79,7 @@ class TrainingWidget(Container):
         self.status = Label(label="status", value="")
         self.curves = CurvePlot()
         self.extend([self.method, self.data, self.epochs, self.learning_rate, self.batch_size,
-                     self.method_options, self.device, self.output, self.resume, self.start_button,
+                     self.method_options, self.device, self.output, self.init, self.resume, self.start_button,
                      self.cancel_button, self.resume_button, self.progress, self.status])
         self.native.layout().addWidget(self.curves)
         # A closed dock (or viewer) must not leave training running in the background.
@@ -124,6 +127,9 @@ class TrainingWidget(Container):
             if not _is_set(self.output.value):
                 raise ValueError("choose where to write the output checkpoint")
             out = os.path.abspath(str(self.output.value))
+            init = os.path.abspath(str(self.init.value)) if _is_set(self.init.value) else None
+            if init is not None and not os.path.isfile(init):
+                raise ValueError(f"{init}: the 'start from' checkpoint does not exist")
             config = self._config(spec)
         except (ValueError, TypeError, LookupError) as exc:
             notify_error(exc)
@@ -134,6 +140,8 @@ class TrainingWidget(Container):
             epochs=self.epochs.value, lr=self.learning_rate.value,
             batch_size=self.batch_size.value,
         )
+        if init is not None:
+            kwargs["init"] = init
 
         def make():
             return _methods.train_generator(spec, **kwargs)

@@ -34,7 +34,7 @@ import numpy as np
 
 from ...runtime.events import Progress
 
-__all__ = ["dense_policy_epoch", "dense_targets", "box_pool", "RegionImages"]
+__all__ = ["dense_policy_epoch", "dense_targets", "box_pool", "RegionImages", "precise_batch_norm"]
 
 
 def _upsample(block: np.ndarray, factor: int) -> np.ndarray:
@@ -181,4 +181,44 @@ def dense_policy_epoch(model, optimizer, scheduler, slides, config, rng, gen, de
         model.policies.eval()
         yield Progress("train", p + 1, config.policy_passes, f"epoch {epoch + 1}: dense policy pass",
                        {"loss": total / max(count, 1)})
+    precise_batch_norm(model, regions, config, images_cache, rng, device)
     return total, count
+
+
+def precise_batch_norm(model, regions, config, images_cache, rng, device) -> None:
+    """Recompute the policies' batch-norm statistics as plain means over the training regions.
+
+    A policy step sees one root glimpse (or a few deeper ones), so the running statistics that
+    the steps leave behind follow the last handful of glimpses of the epoch: the tree then
+    changes from epoch to epoch even when the weights hardly do. Here every region's root and
+    a few deeper glimpses per region are passed through in train mode without gradients, with
+    the cumulative average (momentum None), so the statistics match the weights and the data.
+    """
+    import torch
+
+    from .inference import to_tensor
+
+    s, scale, levels = config.glimpse_size, config.level_scale, config.levels
+    n_tiles = scale**levels
+    for level in range(levels):
+        policy = model.policies[level]
+        norms = [m for m in policy.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            continue
+        saved = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        span = scale ** (levels - level)
+        policy.train()
+        with torch.no_grad():
+            for key, ts, box in regions:
+                tile_px = s * ts.reader.downsample(levels)
+                starts = [(0, 0)] if span == n_tiles else [
+                    tuple(rng.integers(0, n_tiles - span + 1, size=2)) for _ in range(4)]
+                images = [images_cache.glimpse(ts, key, box, level, box[0] + c0 * tile_px, box[1] + r0 * tile_px, s)
+                          for r0, c0 in starts]
+                policy(to_tensor(np.stack(images), device))
+        policy.eval()
+        for m, momentum in zip(norms, saved, strict=True):
+            m.momentum = momentum
