@@ -63,3 +63,17 @@ def test_a_new_method_appears_without_touching_anything_else():
         from napari_glimpse.methods import registry
 
         registry._REGISTRY.pop("toy_for_test")
+
+
+def test_registry_bool_flags_can_turn_a_field_on_and_off_or_leave_it_to_the_checkpoint():
+    import argparse
+
+    from napari_glimpse.cli._method_flags import add_flags, collect, infer_flags
+    from napari_glimpse.methods import get_method
+
+    flags = infer_flags(get_method("glimpse-tree"))
+    parser = argparse.ArgumentParser()
+    add_flags(parser, flags)
+    assert collect(parser.parse_args(["--dense"]), flags)["dense"] is True
+    assert collect(parser.parse_args(["--no-dense"]), flags)["dense"] is False
+    assert "dense" not in collect(parser.parse_args([]), flags)  # None: the checkpoint's own value
