@@ -121,18 +121,22 @@ def test_init_starts_from_given_weights(mosaics, tmp_path, tiny_model):  # noqa:
 
 def test_dense_max_target_is_the_best_leaf_inside_each_child():
     # a root of 16 x 16 leaf tiles, 2 px each; a child is 8 px (4 x 4 tiles); one tumour tile
-    from napari_glimpse.methods.glimpse_tree.policy_dense import _centre_map, _upsample, dense_targets
+    from napari_glimpse.methods.glimpse_tree.policy_dense import (
+        _centre_map,
+        _upsample,
+        dense_targets,
+    )
 
     score = np.full((16, 16), 0.1, np.float32)
     score[5, 7] = 0.9
-    root = dense_targets("dense-max", torch.from_numpy(_centre_map(score, 2))[None], 8, leaf_child=False)[0]
+    root = dense_targets(torch.from_numpy(_centre_map(score, 2))[None], 8, leaf_child=False)[0]
     assert root.shape == (32 - 8 + 1,) * 2
     # the tile's centre pixel is (11, 15); a child box [i, i + 8) holds it for i in 4..11
     rows, cols = np.nonzero(root.numpy() > 0.5)
     assert set(rows) == set(range(4, 12)) and set(cols) == set(range(8, 16))
     assert np.allclose(root.numpy()[root.numpy() <= 0.5], 0.1)
     # children that are leaves: the mean of C's score over the child box, as the 'dense' target
-    leaf = dense_targets("dense-max", torch.from_numpy(_upsample(score, 2))[None], 2, leaf_child=True)[0]
+    leaf = dense_targets(torch.from_numpy(_upsample(score, 2))[None], 2, leaf_child=True)[0]
     assert np.isclose(float(leaf[10, 14]), 0.9) and np.isclose(float(leaf[9, 14]), 0.5)
     # the separable pools equal the 2-D ones
     import torch.nn.functional as F
@@ -177,9 +181,9 @@ def test_policy_only_training_keeps_c_and_computes_score_maps_once(mosaics, tmp_
 
 
 def test_region_image_cache_crops_what_the_reader_reads(mosaics):  # noqa: F811
+    from napari_glimpse.methods.glimpse_tree.data import find_slides
     from napari_glimpse.methods.glimpse_tree.policy_dense import RegionImages
     from napari_glimpse.methods.glimpse_tree.training import _open_slides
-    from napari_glimpse.methods.glimpse_tree.data import find_slides
 
     folder, _ = mosaics
     cfg = GlimpseTreeConfig(**TINY)

@@ -3,7 +3,8 @@
 ``infer_flags(spec)``: every config field of group ``"inference"`` that ``spec.infer``
 accepts by name, plus ``infer``'s own simple keyword arguments (``--leaves``), each as
 ``--field-name`` with default None (None = keep the checkpoint's config). Booleans get both
-``--field-name`` and ``--no-field-name`` (a checkpoint's True must be switchable off), tuples ``nargs="+"``, fields with ``choices`` metadata get choices.
+``--field-name`` and ``--no-field-name`` (a checkpoint's True must be switchable off), tuples
+``nargs="+"``, fields with ``choices`` metadata get choices.
 ``config_flags(spec, names)``: the named config fields (e.g. ``strategy`` for training).
 """
 

@@ -34,6 +34,7 @@ def add_infer_parser(subparsers) -> None:
 def _add_celnet_flags(parser) -> None:
     """One flag per :class:`CELNetInferConfig` field (the "Run model" form's fields); a flag
     not given leaves the value to ``infer`` (CELM settings: the checkpoint config's)."""
+    import argparse
     import dataclasses
 
     from ..methods.celnet import CELNetConfig
@@ -42,13 +43,9 @@ def _add_celnet_flags(parser) -> None:
     from_checkpoint = {f.name for f in dataclasses.fields(CELNetConfig)}
     for f in dataclasses.fields(CELNetInferConfig):
         help_ = f.metadata.get("help", "")
-        if isinstance(f.default, bool):  # a flag only for the non-default choice
-            if f.default:
-                parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false",
-                                    default=None, help=f"skip: {help_}")
-            else:
-                parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, action="store_true",
-                                    default=None, help=help_)
+        if isinstance(f.default, bool):  # --X / --no-X, as the registry's flags (_method_flags)
+            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=None, help=f"{help_} (default {f.default})")
             continue
         default = (f"the checkpoint's; {f.default} in the paper" if f.name in from_checkpoint
                    else f.default)

@@ -48,16 +48,22 @@ def _centre_map(block: np.ndarray, factor: int) -> np.ndarray:
     return out
 
 
-def dense_targets(kind: str, pixel_map, k: int, leaf_child: bool):
-    """(N, S - k + 1, S - k + 1) targets of (K * q) at every child centre, from transformed pixel maps.
+def dense_targets(pixel_map, k: int, leaf_child: bool):
+    """(N, S - k + 1, S - k + 1) dense-max targets of (K * q) at every child centre.
 
     ``pixel_map`` (N, S, S) torch: S upsampled (``leaf_child``: box means) or S at tile centres
     (deeper children: box maxima). Pooling commutes with the dihedral transforms, so the maps may
     be turned before this is called.
     """
-    if kind != "dense-max":
-        raise ValueError(f"dense_targets is for policy_target='dense-max', got {kind!r}")
     return box_pool(pixel_map, k, "mean" if leaf_child else "max")
+
+
+def _glimpse_starts(rng, span: int, n_tiles: int, count: int) -> list[tuple[int, int]]:
+    """Tile-aligned (row, col) corners of a level's training glimpses in a region: the root once
+    (it spans the region), deeper levels at ``count`` random positions."""
+    if span == n_tiles:
+        return [(0, 0)]
+    return [tuple(rng.integers(0, n_tiles - span + 1, size=2)) for _ in range(count)]
 
 
 def box_pool(x, k: int, mode: str):
@@ -123,6 +129,7 @@ def dense_policy_epoch(model, optimizer, scheduler, slides, config, rng, gen, de
     """One dense P epoch; yields Progress, returns (sum of losses, number of maps)."""
     import torch
 
+    from ...runtime.datasets import dihedral
     from .inference import to_tensor
 
     s, scale, levels = config.glimpse_size, config.level_scale, config.levels
@@ -134,6 +141,7 @@ def dense_policy_epoch(model, optimizer, scheduler, slides, config, rng, gen, de
         regions = [regions[i] for i in np.sort(rng.choice(len(regions), config.policy_regions, replace=False))]
     maps = yield from score_maps(model, regions, cache, epoch)
     images_cache = images_cache if images_cache is not None else RegionImages()
+    dense_max = config.policy_target == "dense-max"
     total, count = 0.0, 0
     for p in range(config.policy_passes):
         for i in rng.permutation(len(maps)):
@@ -146,26 +154,19 @@ def dense_policy_epoch(model, optimizer, scheduler, slides, config, rng, gen, de
                 per_tile = s // span
                 tile_px = s * ts.reader.downsample(levels)
                 leaf_child = level == levels - 1
-                # the root once; deeper levels at a few random tile-aligned positions in the region
-                starts = [(0, 0)] if span == n_tiles else [
-                    tuple(rng.integers(0, n_tiles - span + 1, size=2)) for _ in range(max(2, 8 // (level + 1)))]
                 images, targets = [], []
-                for r0, c0 in starts:
+                for r0, c0 in _glimpse_starts(rng, span, n_tiles, max(2, 8 // (level + 1))):
                     images.append(images_cache.glimpse(ts, key, box, level, box[0] + c0 * tile_px,
                                                        box[1] + r0 * tile_px, s))
                     block = score[r0 : r0 + span, c0 : c0 + span]
-                    dense_max = config.policy_target == "dense-max"
                     targets.append(_centre_map(block, per_tile) if dense_max and not leaf_child
                                    else _upsample(block, per_tile))
-                x = to_tensor(np.stack(images), device)
-                y = torch.from_numpy(np.stack(targets)).to(device)[:, None]
                 op = int(torch.randint(0, 8, (1,), generator=gen))  # one dihedral transform for both
-                if op >= 4:
-                    x, y = x.flip(-1), y.flip(-1)
-                x, y = torch.rot90(x, op % 4, dims=(-2, -1)), torch.rot90(y, op % 4, dims=(-2, -1))
+                x = dihedral(to_tensor(np.stack(images), device), op)
+                y = dihedral(torch.from_numpy(np.stack(targets)).to(device)[:, None], op)
                 q = model.q_map(level, x)
-                if config.policy_target == "dense-max":
-                    target = dense_targets("dense-max", y[:, 0], k, leaf_child)
+                if dense_max:
+                    target = dense_targets(y[:, 0], k, leaf_child)
                     pred = box_pool(q, k, "mean")  # (K * q) at every valid centre
                 else:
                     target, pred = y[:, 0], q
@@ -214,10 +215,8 @@ def precise_batch_norm(model, regions, config, images_cache, rng, device) -> Non
         with torch.no_grad():
             for key, ts, box in regions:
                 tile_px = s * ts.reader.downsample(levels)
-                starts = [(0, 0)] if span == n_tiles else [
-                    tuple(rng.integers(0, n_tiles - span + 1, size=2)) for _ in range(4)]
                 images = [images_cache.glimpse(ts, key, box, level, box[0] + c0 * tile_px, box[1] + r0 * tile_px, s)
-                          for r0, c0 in starts]
+                          for r0, c0 in _glimpse_starts(rng, span, n_tiles, 4)]
                 policy(to_tensor(np.stack(images), device))
         policy.eval()
         for m, momentum in zip(norms, saved, strict=True):
