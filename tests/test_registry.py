@@ -77,3 +77,28 @@ def test_registry_bool_flags_can_turn_a_field_on_and_off_or_leave_it_to_the_chec
     assert collect(parser.parse_args(["--dense"]), flags)["dense"] is True
     assert collect(parser.parse_args(["--no-dense"]), flags)["dense"] is False
     assert "dense" not in collect(parser.parse_args([]), flags)  # None: the checkpoint's own value
+
+
+def test_declared_infer_parameters_give_the_cli_flags():
+    # CELNet declares its "Run model" form (CELNetInferConfig); the CLI's flags are its fields,
+    # built by the same code as every method's, and the CELM fields default to the checkpoint's.
+    import argparse
+    import dataclasses
+
+    from napari_glimpse.cli._method_flags import add_flags, collect, infer_flags
+    from napari_glimpse.methods import get_method
+    from napari_glimpse.methods.celnet_infer import CELNetInferConfig
+
+    spec = get_method("celnet")
+    flags = {f.dest: f for f in infer_flags(spec)}
+    assert set(flags) == {f.name for f in dataclasses.fields(CELNetInferConfig)}
+    assert "the checkpoint's" in flags["celm_a"].kwargs["help"]
+    assert "the checkpoint's" not in flags["batch_size"].kwargs["help"]  # tiles per pass, not the training batch
+    parser = argparse.ArgumentParser()
+    add_flags(parser, list(flags.values()))
+    got = collect(parser.parse_args(["--no-celm", "--tissue", "grey", "--celm-a", "0.25"]), list(flags.values()))
+    assert got == {"celm": False, "tissue": "grey", "celm_a": 0.25}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--tissue", "nothing"])
+    # evaluate's flags still come from evaluate's signature, not the slide form
+    assert "tile_size" not in {f.dest for f in infer_flags(spec, spec.evaluate)}

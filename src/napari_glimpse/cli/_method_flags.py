@@ -5,6 +5,7 @@ accepts by name, plus ``infer``'s own simple keyword arguments (``--leaves``), e
 ``--field-name`` with default None (None = keep the checkpoint's config). Booleans get both
 ``--field-name`` and ``--no-field-name`` (a checkpoint's True must be switchable off), tuples
 ``nargs="+"``, fields with ``choices`` metadata get choices.
+A method that declares ``infer_config_cls`` (CELNet) gets one flag per field of that class.
 ``config_flags(spec, names)``: the named config fields (e.g. ``strategy`` for training).
 """
 
@@ -50,7 +51,17 @@ def _field_default(f: dataclasses.Field):
 
 
 def infer_flags(spec, fn=None) -> list[Flag]:
-    """Flags for the inference parameters of ``fn`` (default ``spec.infer``)."""
+    """Flags for the inference parameters of ``fn`` (default ``spec.infer``).
+
+    For ``spec.infer`` of a method that declares ``infer_config_cls`` (its "Run model" form,
+    e.g. CELNet's), one flag per field of that class, as the form shows them.
+    """
+    declared = None
+    if fn is None:
+        declared = getattr(spec, "infer_config_cls", None) or (getattr(spec, "extra", None) or {}).get(
+            "infer_config_cls")
+    if declared is not None:
+        return _declared_flags(spec, declared)
     fn = fn or spec.infer
     if fn is None:
         return []
@@ -67,6 +78,19 @@ def infer_flags(spec, fn=None) -> list[Flag]:
             continue
         if isinstance(p.default, (bool, int, float, str)) and p.default is not None:
             flags.append(_flag_for(p.name, p.default, helps.get(p.name, f"(default {p.default})")))
+    return flags
+
+
+def _declared_flags(spec, cls) -> list[Flag]:
+    """One flag per field of a declared inference-parameter class; a field with metadata
+    ``from_checkpoint`` defaults to the checkpoint config's value (e.g. CELM a / b chosen on
+    validation data)."""
+    flags = []
+    for f in dataclasses.fields(cls):
+        meta = f.metadata or {}
+        default = _field_default(f)
+        shown = f"the checkpoint's; {default} in the paper" if meta.get("from_checkpoint") else default
+        flags.append(_flag_for(f.name, default, f"{meta.get('help', '')} (default {shown})", meta.get("choices")))
     return flags
 
 

@@ -7,6 +7,7 @@ from .celnet import CELNetConfig, build_model, default_checkpoint, evaluate_celn
 # celnet_infer imports torch and numpy only; its slide readers load when infer runs.
 from .celnet_infer import CELNetInferConfig
 from .celnet_infer import infer as infer_celnet
+from .celnet_infer import load_model as load_celnet_model
 from .registry import MethodSpec, register
 
 register(
@@ -19,6 +20,7 @@ register(
         infer=infer_celnet,
         evaluate=evaluate_celnet,
         default_checkpoint=default_checkpoint,
+        load_model=load_celnet_model,
         # The "Run model" form: stride, tiles, tissue, CELM and NMS settings with help/ranges.
         extra={"infer_config_cls": CELNetInferConfig},
     ),

@@ -65,9 +65,10 @@ class _CELMBatch:
 
 
 def _config_field(name: str, **meta):
-    """A field with the default, help and range of CELNetConfig's ``name`` (one source)."""
+    """A field with the default, help and range of CELNetConfig's ``name`` (one source);
+    ``from_checkpoint``: left unset, ``infer`` takes the checkpoint config's value."""
     f = next(f for f in dataclasses.fields(CELNetConfig) if f.name == name)
-    return field(default=f.default, metadata={**f.metadata, **meta})
+    return field(default=f.default, metadata={**f.metadata, "from_checkpoint": True, **meta})
 
 
 def _opt(default, help: str, **meta):
@@ -415,6 +416,12 @@ def load_celnet(checkpoint=None, device=None):
         raise CheckpointError("no checkpoint given and celnet has no default checkpoint")
     model = load_model(checkpoint, method="celnet", device=torch.device(device))
     return model.eval(), str(checkpoint)
+
+
+def load_model(checkpoint=None, device=None):
+    """``(model, config, checkpoint path)``: :func:`load_celnet` in the registry's form."""
+    model, path = load_celnet(checkpoint, device)
+    return model, model.config, path
 
 
 def save_celnet(model, path) -> None:
