@@ -34,7 +34,7 @@ def test_training_runs_and_alternates(mosaics, tmp_path, strategy, target):  # n
     folder, _ = mosaics
     spec = get_method("glimpse-tree")
     out, events = _run(spec.train(folder, tmp_path / "m.safetensors", val_dir=folder, strategy=strategy,
-                                  config=GlimpseTreeConfig(**SMALL, policy_target=target)))
+                                  config=GlimpseTreeConfig(**SMALL, policy_target=target, policy_passes=2)))
     epochs = [e for e in events if e.stage == "epoch"]
     assert [e.metrics.get("epoch") for e in epochs] == [1, 2, 3]
     assert "(warm-up C)" in epochs[0].message and "(C)" in epochs[1].message and "(P)" in epochs[2].message
@@ -43,6 +43,13 @@ def test_training_runs_and_alternates(mosaics, tmp_path, strategy, target):  # n
     assert ckpt.config["strategy"] == strategy
     model, config, _ = spec.load_model(out, "cpu")
     assert config.glimpse_size == 32 and len(model.policies) == 2
+    # after the P epoch (the last), whatever the target, the policies' batch-norm statistics are
+    # recomputed over the four one-region mosaics: one batch per region and level (the two
+    # passes of policy steps alone would leave 8)
+    from napari_glimpse.runtime.training import last_path
+
+    state = load_checkpoint(last_path(out)).model_state
+    assert {int(v) for k, v in state.items() if k.startswith("policies.") and k.endswith("num_batches_tracked")} == {4}
 
 
 def test_resume_is_exact(mosaics, tmp_path):  # noqa: F811
