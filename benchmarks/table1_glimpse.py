@@ -135,7 +135,7 @@ def _markdown(rows, settings, n, n_pos, reps, threads, tissue_min) -> str:
            f"opening, tissue mask and reading included) on {n} mosaics ({n_pos} with tumour), CPU, {threads} "
            "torch thread(s).", "",
            "| T | N_G | AUC MIL | AUC supervised | s / slide MIL | s / slide supervised | speed-up vs All "
-           "(MIL / sup.) | glimpses read |",
+           "(MIL / sup.) | glimpses read (MIL / sup.) |",
            "|---|---|---|---|---|---|---|---|"]
     for s in settings:
         key = _key(s)
@@ -143,8 +143,9 @@ def _markdown(rows, settings, n, n_pos, reps, threads, tissue_min) -> str:
         t_col, n_col = {"all": ("–", "All"), "all-tissue": ("–", f"All, tiles with ≥ {tissue_min:g} tissue")
                         }.get(s[0]) or (f"{s[0]:g}", str(s[1]))
         (ma, ms, mx), (sa, ss, sx) = _cells(m), _cells(su)
-        glimpses = (su or m)["patches_per_slide"]
-        out.append(f"| {t_col} | {n_col} | {ma} | {sa} | {ms} | {ss} | {mx} / {sx} | {glimpses:.0f} |")
+        counts = [f"{r['patches_per_slide']:.0f}" for r in (m, su) if r is not None]  # MIL / sup.
+        glimpses = counts[0] if len(set(counts)) == 1 else " / ".join(counts)
+        out.append(f"| {t_col} | {n_col} | {ma} | {sa} | {ms} | {ss} | {mx} / {sx} | {glimpses} |")
     return "\n".join(out)
 
 

@@ -99,6 +99,14 @@ def test_config_branching_and_validation():
         2, 304, (2, 4), 0.05, 8, 4864)
     with pytest.raises(ValueError, match="branching"):
         GlimpseTreeConfig(branching=(2, 2, 2))
+    # N_G = 8 keeps a checkpoint's own split of 8 leaves; other N_G use the rule
+    from napari_glimpse.methods.glimpse_tree.api import _resolve, leaves_branching
+
+    own = GlimpseTreeConfig(branching=(4, 2))
+    assert [leaves_branching(own, n) for n in (4, 8, 16)] == [(2, 2), (4, 2), (4, 4)]
+    assert leaves_branching(c, 8) == (2, 4)
+    assert _resolve(own, (1, 8), 8, None, None, None, None, None)[0] == (4, 2)  # N_G wins over branching
+    assert _resolve(own, (1, 8), 0, None, None, None, None, None)[0] == (1, 8)
     with pytest.raises(ValueError, match="temperature"):
         GlimpseTreeConfig(temperature=-1)
 
@@ -140,6 +148,27 @@ def test_tree_on_a_slide(mosaics, tiny_model):
     again = drive(infer(path, model=tiny_model, leaves=8, seed=3)).summary["tree"]
     other = drive(infer(path, model=tiny_model, leaves=8, seed=4)).summary["tree"]
     assert again == s["tree"] and other != s["tree"]
+
+
+def test_a_slide_smaller_than_the_region_keeps_its_leaf_budget(tmp_path):
+    # 288 px (3 x 3 cells) against a 1024 px region (64 px glimpses): the root has room for one
+    # 256 px child only, which then takes the other child's leaves, so the tree still has
+    # N_G = 8 leaves (the fixed (2, 4) branching would stop at 4), all on the slide
+    import torch
+
+    from napari_glimpse.methods.glimpse_tree.api import infer
+    from napari_glimpse.methods.glimpse_tree.model import build_model
+    from napari_glimpse.mosaic import bundled_patches_dir, make_mosaics
+
+    torch.manual_seed(0)
+    model = build_model(GlimpseTreeConfig(**{**TINY, "glimpse_size": 64})).eval()
+    (made,) = make_mosaics(bundled_patches_dir(), tmp_path, count=1, grid=(3, 3), seed=3, max_patches_per_class=8)
+    s = drive(infer(str(made.path), model=model, leaves=8, seed=0)).summary
+    levels = [n["level"] for n in s["tree"]]
+    assert levels.count(1) == 1 and levels.count(2) == 8 == s["leaves_classified"]
+    for n in s["tree"]:
+        x0, y0, x1, y1 = n["box"]
+        assert n["level"] == 0 or (x0 >= 0 and y0 >= 0 and x1 <= 288 and y1 <= 288)
 
 
 def test_subtree_forms():

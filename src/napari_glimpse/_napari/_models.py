@@ -60,8 +60,12 @@ def _file_hash(path: str) -> str:
 
 
 def cache_key(method: str, checkpoint: str, params: dict[str, Any]) -> str:
-    """Folder name for a result: method, then a hash of the checkpoint bytes and parameters."""
+    """Folder name for a result: method, then a hash of the checkpoint bytes, the parameters
+    and the package version (an upgrade may change what a method computes)."""
+    from .. import __version__
+
     h = hashlib.sha256(_file_hash(checkpoint).encode())
+    h.update(__version__.encode())
     h.update(json.dumps(params, sort_keys=True, default=str).encode())
     return f"{method}-{h.hexdigest()[:12]}"
 

@@ -94,7 +94,8 @@ def method_spec():
             # glimpse box -> select its subtree, show only its Q maps); idempotent
             "napari_layers_hook": "napari_glimpse._napari.glimpse_select:attach_glimpse_select",
             "param_help": {"leaves": "N_G, leaf glimpses per region, split over the levels "
-                                     "(8 -> branching 2 4); 0 keeps --branching / the checkpoint's"},
+                                     "(the checkpoint's own split when it has N_G leaves, else 8 -> branching 2 4); "
+                                     "0 keeps --branching / the checkpoint's"},
             "shipped": {"supervised": "glimpse_tree_supervised.safetensors", "mil": "glimpse_tree_mil.safetensors"},
         },
     )

@@ -55,13 +55,25 @@ def load_model(checkpoint: str | os.PathLike | None = None, device: str | None =
 
 def _resolve(config: GlimpseTreeConfig, branching, leaves, temperature, seed, dense, tissue, tissue_min):
     if leaves:  # N_G wins over an explicit branching (the GUI form always sends one)
-        branching = branching_for_leaves(int(leaves), config.levels)
+        branching = leaves_branching(config, int(leaves))
     branching = tuple(int(b) for b in branching) if branching else config.branching
     if len(branching) != config.levels:
         raise ValueError(f"branching {branching} needs {config.levels} entries (the model has L={config.levels})")
     return (branching, config.temperature if temperature is None else float(temperature),
             config.seed if seed is None else int(seed), config.dense if dense is None else bool(dense),
             tissue or config.tissue, config.tissue_min if tissue_min is None else float(tissue_min))
+
+
+def leaves_branching(config: GlimpseTreeConfig, leaves: int) -> tuple[int, ...]:
+    """The branching for N_G = ``leaves``: the checkpoint's own when it has that many leaves.
+
+    How N_G is split over the levels is not fixed by the paper; a checkpoint stores the split
+    chosen for it on validation data (the shipped supervised tree: 8 as (4, 2)). Other N_G
+    are split by :func:`branching_for_leaves` (8 -> (2, 4)).
+    """
+    if int(np.prod(config.branching)) == leaves:
+        return tuple(config.branching)
+    return branching_for_leaves(leaves, config.levels)
 
 
 def infer(
@@ -91,7 +103,8 @@ def infer(
     region
         Level-0 box (x0, y0, x1, y1) to restrict the regions to.
     leaves
-        N_G; split into the branching per level (8 -> (2, 4)); overrides ``branching``. 0 keeps it.
+        N_G; split into the branching per level (the checkpoint's own split when it has N_G
+        leaves, else 8 -> (2, 4); :func:`leaves_branching`); overrides ``branching``. 0 keeps it.
     branching, temperature, seed, dense, tissue, tissue_min
         Override the checkpoint config's inference fields; ``dense`` runs 'All'.
     model

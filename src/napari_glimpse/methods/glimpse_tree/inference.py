@@ -213,10 +213,13 @@ def run_tree(model, reader: GlimpseReader, root_box, region: int, rng: np.random
     """The glimpse tree of one region (eval mode, no gradients); nodes in breadth-first order.
 
     Children are drawn only at centres whose box lies inside the slide and, given a ``tissue``
-    mask, on tissue (config ``child_inside_min`` / ``child_tissue_min``);
-    a glimpse whose valid centres run out gets fewer children, so a region larger than the
-    slide can have fewer than N_G leaves. With ``classify=False`` the leaves are placed but
-    neither read nor scored (training).
+    mask, on tissue (config ``child_inside_min`` / ``child_tissue_min``). Each glimpse carries a
+    budget of leaves (the root: N_G = prod(branching)); a glimpse whose valid centres run out
+    before it has its ``branching[l]`` children (a slide smaller than the region, a thin biopsy)
+    passes the missing children's leaves on to the children it has, so a region keeps N_G leaves
+    while there is room for them. Where everything fits, this is the paper's fixed branching
+    (same draws, same tree). With ``classify=False`` the leaves are placed but neither read nor
+    scored (training).
     """
     import torch
 
@@ -226,24 +229,29 @@ def run_tree(model, reader: GlimpseReader, root_box, region: int, rng: np.random
     root = GlimpseNode(first_id, -1, 0, region, tuple(float(v) for v in root_box))
     nodes = [root]
     frontier = [root]
+    budget = {root.node_id: int(np.prod(branching))}  # leaves each glimpse should lead to
     with torch.inference_mode():
         for level in range(cfg.levels):
             images = np.stack([reader.read(level, n.box[0], n.box[1]) for n in frontier])
             q = model.q_map(level, to_tensor(images, device)).double().cpu().numpy()
             ds = reader.downsample(level)
+            below = int(np.prod(branching[level + 1 :]))  # leaves under each child of a full tree
             children = []
             for parent, q_p in zip(frontier, q, strict=True):
                 valid = valid_centres(child_fraction_maps(parent.box, ds, q_p.shape[0], reader.slide.dimensions,
                                                           tissue, cfg), k)
-                centres, kq, big_q = sample_children(q_p, branching[level], k, temperature, rng, valid)
+                leaves_here = budget[parent.node_id]
+                centres, kq, big_q = sample_children(q_p, -(-leaves_here // below), k, temperature, rng, valid)
                 parent.q_map = big_q.astype(np.float32)
-                for (cx, cy), v in zip(centres, kq, strict=True):
+                shares = _split(leaves_here, len(centres))  # first drawn (likeliest) children first
+                for (cx, cy), v, share in zip(centres, kq, shares, strict=True):
                     x0, y0 = parent.box[0] + (cx - h) * ds, parent.box[1] + (cy - h) * ds
                     child = GlimpseNode(first_id + len(nodes), parent.node_id, level + 1, region,
                                         (x0, y0, x0 + k * ds, y0 + k * ds), kq=float(v))
                     parent.children.append(child.node_id)
                     nodes.append(child)
                     children.append(child)
+                    budget[child.node_id] = share
             frontier = children
     leaves = frontier
     if leaves and classify:
@@ -255,6 +263,14 @@ def run_tree(model, reader: GlimpseReader, root_box, region: int, rng: np.random
         if n.children:
             n.score = max(by_id[c].score for c in n.children)
     return nodes
+
+
+def _split(total: int, parts: int) -> list[int]:
+    """``total`` as ``parts`` near-equal integers, larger ones first (5 over 2 -> [3, 2])."""
+    if parts <= 0:
+        return []
+    q, r = divmod(total, parts)
+    return [q + 1] * r + [q] * (parts - r)
 
 
 def run_all(model, reader: GlimpseReader, root_box, tissue, tissue_min: float, batch_size: int = 32
