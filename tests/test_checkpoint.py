@@ -39,12 +39,12 @@ def test_round_trip_restores_weights_config_and_header(tmp_path):
     assert ckpt.config["widths"] == [4, 8, 8]
     assert ckpt.header["package_version"]
     loaded = load_model(path, method="celnet")
-    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     assert loaded.config == TINY and not loaded.training
     opt2 = torch.optim.SGD(loaded.parameters(), lr=0.1, momentum=0.9, nesterov=True)
     opt2.load_state_dict(ckpt.optimizer_state)
-    for s1, s2 in zip(opt.state_dict()["state"].values(), opt2.state_dict()["state"].values()):
+    for s1, s2 in zip(opt.state_dict()["state"].values(), opt2.state_dict()["state"].values(), strict=True):
         assert torch.equal(s1["momentum_buffer"], s2["momentum_buffer"])
     assert torch.equal(ckpt.rng_state["torch"], rng)
 

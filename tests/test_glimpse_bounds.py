@@ -30,7 +30,7 @@ def test_regions_stay_on_the_slide():
     assert boxes == [(0.0, 0.0, 1000.0, 1000.0), (500.0, 0.0, 1500.0, 1000.0)]
     boxes = plan_regions((2500, 2100), None, 1000)
     assert len(boxes) == 9
-    assert all(0 <= x0 and x1 <= 2500 and 0 <= y0 and y1 <= 2100 for x0, y0, x1, y1 in boxes)
+    assert all(x0 >= 0 and x1 <= 2500 and y0 >= 0 and y1 <= 2100 for x0, y0, x1, y1 in boxes)
     assert {b[0] for b in boxes} == {0.0, 750.0, 1500.0}
 
 
@@ -58,7 +58,7 @@ def test_valid_centres_zero_q_and_fewer_children():
 
 
 @pytest.mark.parametrize("leaves", [8, 16])
-def test_leaves_stay_on_a_slide_smaller_than_a_region(mosaics, big_region_model, leaves):
+def test_leaves_stay_on_a_slide_smaller_than_a_region(mosaics, big_region_model, leaves):  # noqa: F811
     from napari_glimpse.methods.glimpse_tree.api import infer
     from napari_glimpse.slides import open_slide
 
@@ -85,7 +85,7 @@ def test_leaves_stay_on_a_slide_smaller_than_a_region(mosaics, big_region_model,
         assert again == tree
 
 
-def test_all_skips_tiles_off_the_slide(mosaics, big_region_model):
+def test_all_skips_tiles_off_the_slide(mosaics, big_region_model):  # noqa: F811
     from napari_glimpse.methods.glimpse_tree.api import infer
 
     _, made = mosaics

@@ -80,7 +80,7 @@ def test_augmentation_applies_one_dihedral_transform_per_patch():
     x = torch.rand(16, 3, 8, 8)
     y = augment_batch(x, torch.Generator().manual_seed(0))
     seen = set()
-    for a, b in zip(x, y):
+    for a, b in zip(x, y, strict=True):
         variants = [torch.rot90(a if k < 4 else a.flip(-1), k % 4, dims=(-2, -1)) for k in range(8)]
         matches = [k for k, v in enumerate(variants) if torch.equal(v, b)]
         assert matches
@@ -118,7 +118,7 @@ def test_tta_averages_the_eight_rotations_and_flips(folders):
 
 
 def test_resume_after_cancel_equals_uninterrupted_run(folders, tmp_path):
-    kw = dict(val_dir=folders / "val", config=TINY, seed=3, device="cpu")
+    kw = {"val_dir": folders / "val", "config": TINY, "seed": 3, "device": "cpu"}
     full, events = _run(train_celnet(folders / "train", tmp_path / "a" / "m.safetensors", **kw))
     stages = {e.stage for e in events}
     assert {"load", "train", "validate", "epoch"} <= stages

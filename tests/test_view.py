@@ -22,8 +22,6 @@ def tiny_mosaic(tmp_path, monkeypatch):
 
 
 def test_headless_view_runs_shipped_models(tiny_mosaic, qapp):
-    import napari
-
     from napari_glimpse._napari._view import run_view
 
     methods = dict(default_methods())

@@ -62,8 +62,8 @@ def slide_scene(viewer, slide_path: str, results: list) -> dict[str, Any]:
     """Slide + tissue mask + results on it. Raises GlimpseError on a bad slide."""
     from ..layers import mask_to_layer_data, result_to_layers, slide_to_layer_data
     from ..slides import open_slide
-    from .widgets._common import run_layers_hook
     from ..slides.tissue import tissue_mask
+    from .widgets._common import run_layers_hook
 
     t0 = time.perf_counter()
     slide = open_slide(slide_path)  # stays open: the image layer reads from it lazily

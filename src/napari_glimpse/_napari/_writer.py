@@ -18,7 +18,6 @@ import numpy as np
 from ..layers import layer_mpp, shapes_to_level0
 
 
-
 def _feature(xy: np.ndarray, shape_type: str, props: dict[str, Any]) -> dict:
     pts = [[float(x), float(y)] for x, y in xy]
     if shape_type in ("path", "line"):

@@ -60,7 +60,7 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         widths = (64, 128, 256, 512)
         cin = 64
-        for i, (w, n) in enumerate(zip(widths, layers), 1):
+        for i, (w, n) in enumerate(zip(widths, layers, strict=True), 1):
             stride = 1 if i == 1 else 2
             blocks = [BasicBlock(cin, w, stride)] + [BasicBlock(w, w) for _ in range(n - 1)]
             setattr(self, f"layer{i}", nn.Sequential(*blocks))

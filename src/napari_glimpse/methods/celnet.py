@@ -142,7 +142,7 @@ class CELNetConfig:
         for f_ in fields(self):
             lo, hi = f_.metadata.get("min"), f_.metadata.get("max")
             value = getattr(self, f_.name)
-            if value is None or isinstance(value, tuple) or isinstance(value, bool):
+            if value is None or isinstance(value, (tuple, bool)):
                 continue
             if (lo is not None and value < lo) or (hi is not None and value > hi):
                 raise ValueError(f"CELNetConfig.{f_.name}={value} is outside [{lo}, {hi}]")

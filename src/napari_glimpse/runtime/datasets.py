@@ -56,7 +56,7 @@ class PatchFolder:
         return {
             "root": self.root,
             "n": int(len(self)),
-            "per_class": {c: int(n) for c, n in zip(self.classes, counts)},
+            "per_class": {c: int(n) for c, n in zip(self.classes, counts, strict=False)},
             "patch_shape": list(self.images.shape[1:]),
         }
 
