@@ -23,3 +23,11 @@ def test_notebook_code_runs(path, capsys):
         # the bundled models ran on the mosaic and their results re-opened from disk
         assert set(namespace["results"]) >= {"celnet", "glimpse-tree"}
         assert "inside tumour cells" in out and "maps" in out
+    if path.name == "02_glimpse_tree_evaluate_and_train.ipynb":
+        # held-out mosaics: both shipped trees beat chance and read far fewer glimpses than All
+        for tree, full in namespace["rows"].values():
+            assert tree["n"] == full["n"] == 8 and tree["auc"] >= 0.75 and full["auc"] >= 0.75
+            assert tree["patches_per_slide"] <= 13 < full["patches_per_slide"]
+        header = namespace["header"]
+        assert header["config"]["train_classifier"] is False and header["training"]["init"].endswith("mil.safetensors")
+        assert "fine-tuned MIL tree AUC" in out
