@@ -124,7 +124,9 @@ def test_resume_after_cancel_equals_uninterrupted_run(folders, tmp_path):
     assert {"load", "train", "validate", "epoch"} <= stages
     epochs = [e for e in events if e.stage == "epoch"]
     assert [e.done for e in epochs] == [1, 2]
-    assert {"train_loss", "val_loss", "val_accuracy", "val_auc"} <= set(epochs[-1].metrics)
+    assert {"train_loss", "train_bce", "val_loss", "val_accuracy", "val_auc"} <= set(epochs[-1].metrics)
+    # the objective adds the companions' losses to the main output's BCE, which val_loss measures
+    assert all(0 < e.metrics["train_bce"] < e.metrics["train_loss"] for e in epochs)
 
     out_b = tmp_path / "b" / "m.safetensors"
     cancelled, _ = _run(train_celnet(folders / "train", out_b, **kw), stop_after_epoch=1)

@@ -62,6 +62,15 @@ def deep_supervision_loss(outputs: dict, target: torch.Tensor, aux_weight: float
     return loss
 
 
+def _main_bce(outputs, target: torch.Tensor, loss: torch.Tensor) -> float:
+    """BCE of the main output (``outputs["logit"]``) alone, for logging next to the objective;
+    the objective itself when the model has no separate main logit."""
+    if isinstance(outputs, dict) and "logit" in outputs:
+        with torch.no_grad():
+            return F.binary_cross_entropy_with_logits(outputs["logit"].float(), target).item()
+    return loss.item()
+
+
 def last_path(out: str | os.PathLike) -> Path:
     """Where the resumable latest-epoch checkpoint of ``out`` lives."""
     out = Path(out)
@@ -238,7 +247,7 @@ def _train(method, config, build_model, train_dir, out, *, val_dir, resume, dev,
         gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(n, generator=gen)[:per_epoch].numpy()
         model.train()
-        running, seen = 0.0, 0
+        running, running_bce, seen = 0.0, 0.0, 0
         for b in range(n_batches):
             idx = ctx.shard(np.sort(order[b * config.batch_size : (b + 1) * config.batch_size]))
             x = _to_tensor(train_data.images[idx], dev)
@@ -249,24 +258,28 @@ def _train(method, config, build_model, train_dir, out, *, val_dir, resume, dev,
 
             def step(s, e, x=x, y=y):
                 with autocast(dev):
-                    loss = loss_fn(net(x[s:e]), y[s:e])
+                    out = net(x[s:e])
+                    loss = loss_fn(out, y[s:e])
                 (loss * (e - s) / len(y)).backward()
-                return loss.item() * (e - s)
+                return loss.item() * (e - s), _main_bce(out, y[s:e], loss) * (e - s)
 
             # Under DDP every rank must run the same number of backward passes, so a rank may
             # not shrink its micro-batches alone on out-of-memory: it fails instead of hanging.
             losses, micro = run_in_chunks(step, len(y), micro, min_chunk=micro if ctx.enabled else 1)
             optimizer.step()
-            running += sum(losses)
+            running += sum(t for t, _ in losses)
+            running_bce += sum(b for _, b in losses)
             seen += len(y)
             yield Progress(
                 "train", b + 1, n_batches, f"epoch {epoch + 1}/{config.epochs}",
                 {"loss": running / seen, "lr": optimizer.param_groups[0]["lr"]},
             )
         scheduler.step()
-        running, seen = ctx.all_reduce_sum(running, seen)
-        record = {"epoch": epoch + 1, "train_loss": running / max(seen, 1), "patches": int(seen),
-                  "seconds": time.time() - t0}
+        running, running_bce, seen = ctx.all_reduce_sum(running, running_bce, seen)
+        # train_loss is the training objective (with deep supervision: main + companion losses);
+        # train_bce is the main output's BCE alone, the quantity val_loss measures
+        record = {"epoch": epoch + 1, "train_loss": running / max(seen, 1), "train_bce": running_bce / max(seen, 1),
+                  "patches": int(seen), "seconds": time.time() - t0}
         if not ctx.is_main:  # rank 0 validates and writes; the others go on to the next epoch
             yield Progress("epoch", epoch + 1, config.epochs, f"epoch {epoch + 1}/{config.epochs}", dict(record))
             continue

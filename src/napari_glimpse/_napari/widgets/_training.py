@@ -29,8 +29,9 @@ from ._form import ConfigForm, _float_step
 from ._plots import CurvePlot
 
 # Progress metrics drawn as curves, each against its own count of reports: "loss" is the
-# running training loss per batch, the others come once per epoch.
-CURVES = ("loss", "train_loss", "val_loss", "val_accuracy", "val_auc")
+# running training loss per batch, the others come once per epoch ("train_bce": the main
+# output's BCE, comparable with "val_loss" when the objective adds companion losses).
+CURVES = ("loss", "train_loss", "train_bce", "val_loss", "val_accuracy", "val_auc")
 _FILE_MODES = {"patch_folder": "d", "folder": "d", "annotations": "d", "csv": "r", "file": "r"}
 _FILE_FILTERS = {"csv": "*.csv"}
 
