@@ -479,3 +479,23 @@ def test_glimpse_tree_run_attaches_click_select_and_layers_are_in_um(
 
     run_to_end(qtbot, w, timeout=180_000)  # a re-run calls the hook again: still one callback
     assert len(hooked()) == 1
+
+
+@pytest.mark.gui
+def test_glimpse_tree_form_runs_each_shipped_tree_with_its_own_split(make_napari_viewer, tiny_mosaic):
+    # the supervised tree splits N_G = 8 as (4, 2), MIL as (2, 4) (chosen on validation mosaics);
+    # the form's N_G (0: the checkpoint's, or 8) keeps each checkpoint's own split
+    from napari_glimpse._napari.widgets import _methods
+    from napari_glimpse.methods import get_method
+    from napari_glimpse.methods.glimpse_tree.api import shipped_checkpoint
+    from napari_glimpse.runtime.events import run_to_end as drain
+
+    spec = get_method("glimpse-tree")
+    w = make_inference_widget(make_napari_viewer(), shipped_checkpoint("supervised"), method="glimpse-tree")
+    for strategy, split in (("supervised", [4, 2]), ("mil", [2, 4])):
+        w.checkpoint_file.value = shipped_checkpoint(strategy)
+        for leaves in (0, 8):
+            params = {**w.params.values(), "leaves": leaves}
+            res = drain(_methods.infer_generator(spec, str(tiny_mosaic.path), shipped_checkpoint(strategy),
+                                                 device="cpu", region=None, params=params))
+            assert res.summary["branching"] == split, (strategy, leaves)
