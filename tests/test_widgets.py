@@ -494,8 +494,15 @@ def test_glimpse_tree_form_runs_each_shipped_tree_with_its_own_split(make_napari
     w = make_inference_widget(make_napari_viewer(), shipped_checkpoint("supervised"), method="glimpse-tree")
     for strategy, split in (("supervised", [4, 2]), ("mil", [2, 4])):
         w.checkpoint_file.value = shipped_checkpoint(strategy)
+        assert w.params.values()["branching"] == tuple(split)  # shown as "4 2" / "2 4"
         for leaves in (0, 8):
             params = {**w.params.values(), "leaves": leaves}
             res = drain(_methods.infer_generator(spec, str(tiny_mosaic.path), shipped_checkpoint(strategy),
                                                  device="cpu", region=None, params=params))
             assert res.summary["branching"] == split, (strategy, leaves)
+    # the split is editable; text that is not whole numbers names the field
+    w.params.branching.value = "1 8"
+    assert w.params.values()["branching"] == (1, 8)
+    w.params.branching.value = "1 x"
+    with pytest.raises(ValueError, match="branching"):
+        w.params.values()

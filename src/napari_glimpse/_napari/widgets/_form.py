@@ -1,8 +1,10 @@
-"""A magicgui form built from a config dataclass's fields (ints, floats, bools, choices).
+"""A magicgui form built from a config dataclass's fields (ints, floats, bools, choices,
+tuples of ints).
 
 Fields carry their help text and ranges in ``dataclasses.field(metadata=...)``: ``help``,
-``min``, ``max``, ``choices`` and ``group``. Fields of other types (tuples, optionals) are
-not shown: they keep the config's (or the checkpoint's) value.
+``min``, ``max``, ``choices`` and ``group``. A ``tuple[int, ...]`` (e.g. the glimpse tree's
+branching) is typed as numbers separated by spaces. Fields of other types (float tuples,
+optionals) are not shown: they keep the config's (or the checkpoint's) value.
 """
 
 from __future__ import annotations
@@ -46,7 +48,27 @@ def field_widget(f: dataclasses.Field, hint: Any):
                             step=_float_step(float(default)), **common)
     if hint is str:
         return LineEdit(value=str(default or ""), **common)
+    if typing.get_origin(hint) is tuple and typing.get_args(hint) in ((int, ...),):
+        common["tooltip"] = f"{meta.get('help') or f.name} (whole numbers separated by spaces)"
+        widget = LineEdit(value=_format_ints(default or ()), **common)
+        widget._int_tuple = True  # values() parses it back
+        return widget
     return None
+
+
+def _format_ints(values) -> str:
+    return " ".join(str(int(v)) for v in values)
+
+
+def _parse_ints(widget) -> tuple[int, ...]:
+    text = str(widget.value).replace(",", " ")
+    try:
+        values = tuple(int(t) for t in text.split())
+    except ValueError:
+        values = ()
+    if not values:
+        raise ValueError(f"{widget.label}: {widget.value!r} is not whole numbers separated by spaces")
+    return values
 
 
 def type_hints(cls: type) -> dict[str, Any]:
@@ -82,18 +104,22 @@ class ConfigForm(Container):
                 self.append(widget)
 
     def values(self) -> dict[str, Any]:
-        """``{field name: value}`` of the fields shown."""
-        return {w.name: w.value for w in self}
+        """``{field name: value}`` of the fields shown; ValueError names a tuple field whose
+        text is not whole numbers."""
+        return {w.name: _parse_ints(w) if getattr(w, "_int_tuple", False) else w.value for w in self}
 
     def set_values(self, values: dict[str, Any]) -> list[str]:
         """Show ``values`` in the fields of the same names (others are ignored); returns the
         names set. A value a field cannot take (out of its range, wrong type) is skipped."""
         done = []
         for w in self:
-            if w.name not in values or values[w.name] is None or isinstance(values[w.name], (list, dict)):
+            value = values.get(w.name)
+            if getattr(w, "_int_tuple", False) and isinstance(value, (list, tuple)):
+                value = _format_ints(value)
+            if value is None or isinstance(value, (list, tuple, dict)):
                 continue
             try:
-                w.value = values[w.name]
+                w.value = value
             except (ValueError, TypeError):
                 continue
             done.append(w.name)

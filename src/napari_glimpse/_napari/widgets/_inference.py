@@ -201,6 +201,7 @@ class InferenceWidget(Container):
                 raise ValueError("no method is registered")
             spec = _methods.get_spec(self.method.value)
             region = self.region_box(layer)
+            params = self.params.values()
         except (ValueError, LookupError) as exc:
             notify_error(exc)
             return None
@@ -208,7 +209,6 @@ class InferenceWidget(Container):
         checkpoint = None if checkpoint in (None, DEFAULT) else checkpoint
         device = None if self.device.value == "auto" else self.device.value
         slide_path = layer.metadata[META_SLIDE]
-        params = self.params.values()
         mpp = slide_mpp(layer)
         run_key = f"{spec.name}:{slide_path}"
 
