@@ -8,6 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from test_glimpse_tree import one_thread  # noqa: E402, F401  (fixture: tiny networks run on one thread)
+
 from napari_glimpse.methods import get_method  # noqa: E402
 from napari_glimpse.runtime.events import run_to_end  # noqa: E402
 
@@ -40,17 +42,10 @@ def held_out_mosaics(tmp_path_factory):
 
 
 @pytest.mark.parametrize("strategy", ["supervised", "mil"])
-def test_shipped_glimpse_trees_beat_chance_on_held_out_mosaics(held_out_mosaics, strategy):
+def test_shipped_glimpse_trees_beat_chance_on_held_out_mosaics(held_out_mosaics, strategy, one_thread):  # noqa: F811
     # patches no shipped model saw, in slides none was selected on; N_G = 8, T = 0.05, seed 0.
     # Eight slides are few, so the bar is well above chance, not the README's figures.
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        res = _drain(get_method("glimpse-tree").evaluate(held_out_mosaics, strategy, device="cpu", seed=0))
-    finally:
-        torch.set_num_threads(threads)
+    res = _drain(get_method("glimpse-tree").evaluate(held_out_mosaics, strategy, device="cpu", seed=0))
     assert res["n"] == 8 and sum(res["labels"]) == 4
     assert res["auc"] >= 0.8, res
     # one region: 1 + n0 + 8 glimpses, (2, 4) for MIL and (4, 2) for supervised (its checkpoint's split)

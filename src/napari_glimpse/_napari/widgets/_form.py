@@ -48,7 +48,7 @@ def field_widget(f: dataclasses.Field, hint: Any):
                             step=_float_step(float(default)), **common)
     if hint is str:
         return LineEdit(value=str(default or ""), **common)
-    if typing.get_origin(hint) is tuple and typing.get_args(hint) in ((int, ...),):
+    if typing.get_origin(hint) is tuple and typing.get_args(hint) == (int, ...):
         common["tooltip"] = f"{meta.get('help') or f.name} (whole numbers separated by spaces)"
         widget = LineEdit(value=_format_ints(default or ()), **common)
         widget._int_tuple = True  # values() parses it back

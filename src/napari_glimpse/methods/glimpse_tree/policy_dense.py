@@ -34,7 +34,8 @@ import numpy as np
 
 from ...runtime.events import Progress
 
-__all__ = ["dense_policy_epoch", "dense_targets", "box_pool", "RegionImages", "precise_batch_norm"]
+__all__ = ["dense_policy_epoch", "dense_targets", "box_pool", "RegionImages", "precise_batch_norm",
+           "training_regions"]
 
 
 def _upsample(block: np.ndarray, factor: int) -> np.ndarray:
@@ -56,6 +57,12 @@ def dense_targets(pixel_map, k: int, leaf_child: bool):
     be turned before this is called.
     """
     return box_pool(pixel_map, k, "mean" if leaf_child else "max")
+
+
+def training_regions(slides) -> list[tuple]:
+    """Every training region as ``((slide index, region index), slide, level-0 box)``: the keys
+    of the score-map and decoded-region caches."""
+    return [((si, r), ts, box) for si, ts in enumerate(slides) for r, box in enumerate(ts.regions)]
 
 
 def _glimpse_starts(rng, span: int, n_tiles: int, count: int) -> list[tuple[int, int]]:
@@ -136,7 +143,7 @@ def dense_policy_epoch(model, optimizer, scheduler, slides, config, rng, gen, de
     k = config.child_extent
     n_tiles = scale**levels
     model.classifier.eval()
-    regions = [((si, r), ts, box) for si, ts in enumerate(slides) for r, box in enumerate(ts.regions)]
+    regions = training_regions(slides)
     if config.policy_regions and len(regions) > config.policy_regions:
         regions = [regions[i] for i in np.sort(rng.choice(len(regions), config.policy_regions, replace=False))]
     maps = yield from score_maps(model, regions, cache, epoch)

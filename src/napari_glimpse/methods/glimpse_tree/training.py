@@ -428,11 +428,10 @@ def _one_epoch(model, optimizer, scheduler, slides, warm, config, strategy, epoc
             if (k + 1) % 8 == 0:
                 yield Progress("train", k + 1, len(order), f"epoch {epoch + 1}: policy", {"loss": total / max(n, 1)})
         if order:  # eq. 5 steps see one region each: their running BN statistics follow the last few
-            from .policy_dense import RegionImages, precise_batch_norm
+            from .policy_dense import RegionImages, precise_batch_norm, training_regions
 
-            regions = [((si, r), ts, box) for si, ts in enumerate(slides) for r, box in enumerate(ts.regions)]
-            precise_batch_norm(model, regions, config, images_cache if images_cache is not None else RegionImages(),
-                               rng, dev)
+            precise_batch_norm(model, training_regions(slides), config,
+                               images_cache if images_cache is not None else RegionImages(), rng, dev)
         model.policies.eval()
     history.append({"epoch": epoch + 1, "phase": phase, "loss": total / max(n, 1), "samples": n,
                     "temperature": temperature if np.isfinite(temperature) else None,
