@@ -75,6 +75,26 @@ def abandon(worker) -> None:
     worker.quit()
 
 
+class WorkerControls:
+    """Cancel and teardown for a widget that runs one worker at a time in ``self.worker``
+    and shows its state in ``self.status``."""
+
+    worker = None
+
+    def _quit_quietly(self, *_) -> None:
+        # Qt may report the destruction while Python is already tearing the widget down.
+        worker = getattr(self, "worker", None)
+        if worker is not None:
+            abandon(worker)
+
+    def cancel(self, _=None) -> None:
+        """Stop at the next yield: the generators yield per batch (training keeps the last
+        saved epoch)."""
+        if self.worker is not None:
+            self.status.value = "cancelling..."
+            self.worker.quit()
+
+
 def error_message(exc: BaseException) -> str:
     """One line for a notification: GlimpseError already names the file."""
     if isinstance(exc, GlimpseError):

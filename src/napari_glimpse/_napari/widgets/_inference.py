@@ -17,7 +17,7 @@ from . import _methods
 from ._common import (
     DEVICES,
     RecentCheckpoints,
-    abandon,
+    WorkerControls,
     layers_of_type,
     notify_error,
     replace_layers,
@@ -58,7 +58,7 @@ def shapes_box(vertices: Sequence[np.ndarray], scale, translate, mpp,
     return max(0, int(x0)), max(0, int(y0)), min(w, int(x1)), min(h, int(y1))
 
 
-class InferenceWidget(Container):
+class InferenceWidget(WorkerControls, Container):
     """Run a model on a slide layer; progress, cancel, and result layers in the viewer."""
 
     def __init__(self, napari_viewer=None, recent: RecentCheckpoints | None = None):
@@ -230,18 +230,6 @@ class InferenceWidget(Container):
                                       on_error=self._on_error, on_finished=self._on_finished,
                                       on_aborted=lambda: setattr(self.status, "value", "cancelled"))
         return self.worker
-
-    def _quit_quietly(self, *_) -> None:
-        # Qt may report the destruction while Python is already tearing the widget down.
-        worker = getattr(self, "worker", None)
-        if worker is not None:
-            abandon(worker)
-
-    def cancel(self, _=None) -> None:
-        """Stop at the next yield (the generators yield per batch)."""
-        if self.worker is not None:
-            self.status.value = "cancelling..."
-            self.worker.quit()
 
     def _on_progress(self, ev) -> None:
         self.progress.max = max(1, int(ev.total))

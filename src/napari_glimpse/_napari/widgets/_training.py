@@ -24,7 +24,7 @@ from magicgui.widgets import (
 )
 
 from . import _methods
-from ._common import DEVICES, RecentCheckpoints, abandon, notify_error, start_generator
+from ._common import DEVICES, RecentCheckpoints, WorkerControls, notify_error, start_generator
 from ._form import ConfigForm, _float_step
 from ._plots import CurvePlot
 
@@ -47,7 +47,7 @@ def _is_set(path) -> bool:
     return bool(path) and str(path) not in ("", ".")
 
 
-class TrainingWidget(Container):
+class TrainingWidget(WorkerControls, Container):
     """Train a model: data, epochs, learning rate, batch size, device, output, start from, resume."""
 
     def __init__(self, napari_viewer=None, recent: RecentCheckpoints | None = None):
@@ -174,18 +174,6 @@ class TrainingWidget(Container):
                   "learning_rate": self.learning_rate.value, "batch_size": self.batch_size.value,
                   **self.method_options.values()}
         return cls(**{k: v for k, v in values.items() if k in names})
-
-    def _quit_quietly(self, *_) -> None:
-        # Qt may report the destruction while Python is already tearing the widget down.
-        worker = getattr(self, "worker", None)
-        if worker is not None:
-            abandon(worker)
-
-    def cancel(self, _=None) -> None:
-        """Stop at the next yield (after the current batch); the last saved epoch remains."""
-        if self.worker is not None:
-            self.status.value = "cancelling..."
-            self.worker.quit()
 
     def _on_progress(self, ev) -> None:
         self.progress.max = max(1, int(ev.total))
