@@ -41,6 +41,8 @@ def test_headless_view_runs_shipped_models(tiny_mosaic, qapp):
         assert 0.0 <= m["slide_score"] <= 1.0
         assert m["truth"]["mosaic_label"] in (0, 1)
         assert (out / f"mosaic-{name}.png").is_file() and (out / f"mosaic-{name}-window.png").is_file()
+        # the Run-model panel in a method's screenshot shows that method's settings
+        assert summary["scenes"][f"mosaic-{name}"]["panel_method"] == name
     assert summary["methods"]["celnet"]["layers"] == CELNET_LAYERS
     dice = summary["methods"]["celnet"]["truth"]["evidence mask: Dice with tumour"]
     assert dice is None or 0.0 <= dice <= 1.0

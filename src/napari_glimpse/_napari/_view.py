@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +39,45 @@ def _add(viewer, layer_data: list[tuple]) -> list:
     return added
 
 
+# viewer -> {widget name: widget} of the widgets dock_plugin_widgets docked in it.
+_DOCKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def dock_plugin_widgets(viewer) -> list[str]:
-    """Dock every widget this plugin's manifest contributes; returns their names."""
+    """Dock every widget this plugin's manifest contributes; returns their names (the
+    widgets are remembered per viewer, for :func:`_show_method_in_panels`)."""
     import npe2
 
     manifest = npe2.PluginManager.instance().get_manifest(PLUGIN)
     names = [w.display_name for w in (manifest.contributions.widgets or [])]
+    widgets = {}
     for name in names:
-        viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        widgets[name] = widget
+    _DOCKED[viewer] = widgets
     return names
+
+
+def _show_method_in_panels(viewer, method: str | None, layers: list) -> str | None:
+    """Point the Run-model and Train-model panels at ``method`` (the checkpoint's settings
+    then show) and select that method's top visible layer, so a screenshot's panels describe
+    what it shows.
+    Returns the method the panel shows (None without one)."""
+    from .widgets._inference import InferenceWidget
+    from .widgets._training import TrainingWidget
+
+    shown = None
+    for widget in _DOCKED.get(viewer, {}).values():
+        if isinstance(widget, (InferenceWidget, TrainingWidget)):
+            if method is not None and method in (widget.method.choices or ()):
+                widget.method.value = method
+            if isinstance(widget, InferenceWidget):
+                shown = widget.method.value
+    visible = [lyr for lyr in layers if lyr.visible]
+    if method is not None and layers:
+        viewer.layers.selection.active = (visible or layers)[-1]  # the top one: leaves, peaks
+    _process_events()
+    return shown
 
 
 def _same_file(a: str | None, b: str | None) -> bool:
@@ -224,8 +255,9 @@ def run_view(
             shots += [(f"mosaic-{m}", m) for m in job.layers if job.layers[m]]
         for shot, method in shots:
             shown = job.show_only(method) if (name == "mosaic" and job is not None) else None
+            panel = _show_method_in_panels(v, method, job.layers.get(method, []) if job else [])
             summary["scenes"].setdefault(shot, {"of": name})
-            summary["scenes"][shot].update(_screenshot(v, out, shot))
+            summary["scenes"][shot].update(_screenshot(v, out, shot), panel_method=panel)
             if shown is not None:
                 summary["scenes"][shot]["visible_layers"] = shown
             summary["screenshots"].append(summary["scenes"][shot]["screenshot"])
