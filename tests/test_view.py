@@ -43,6 +43,10 @@ def test_headless_view_runs_shipped_models(tiny_mosaic, qapp):
         assert (out / f"mosaic-{name}.png").is_file() and (out / f"mosaic-{name}-window.png").is_file()
         # the Run-model panel in a method's screenshot shows that method's settings
         assert summary["scenes"][f"mosaic-{name}"]["panel_method"] == name
+    for shot in ("slide", "mosaic", "mosaic-celnet", "mosaic-glimpse-tree"):
+        # the docked panels do not squeeze the canvas below the size asked for (rows, cols)
+        h, w = summary["scenes"][shot]["screenshot_size"]
+        assert h >= 300 and w >= 400, (shot, h, w)
     assert summary["methods"]["celnet"]["layers"] == CELNET_LAYERS
     dice = summary["methods"]["celnet"]["truth"]["evidence mask: Dice with tumour"]
     assert dice is None or 0.0 <= dice <= 1.0

@@ -222,6 +222,7 @@ def run_view(
     for _, v in viewers:
         # Under xvfb the window is shown too: napari renders nothing into a hidden canvas.
         v.window._qt_window.resize(size[1] + 400, size[0] + 150)
+        _fit_canvas(v, size)
         _scale_bar_um(v)
         _process_events()
         _zoom_to_slide(v)
@@ -256,6 +257,7 @@ def run_view(
         for shot, method in shots:
             shown = job.show_only(method) if (name == "mosaic" and job is not None) else None
             panel = _show_method_in_panels(v, method, job.layers.get(method, []) if job else [])
+            _fit_canvas(v, size)  # a panel's longer form may have taken canvas room
             summary["scenes"].setdefault(shot, {"of": name})
             summary["scenes"][shot].update(_screenshot(v, out, shot), panel_method=panel)
             if shown is not None:
@@ -269,6 +271,21 @@ def run_view(
     return 0
 
 
+def _fit_canvas(viewer, size: tuple[int, int]) -> tuple[int, int]:
+    """Grow the window until its canvas is at least ``size`` (rows, cols) px: the docked
+    widgets take their room from the canvas, and a narrow window left it a sliver. Returns
+    the canvas size."""
+    win = viewer.window._qt_window
+    for _ in range(4):
+        _process_events()
+        h, w = viewer.window._qt_viewer.canvas.size
+        dh, dw = max(0, size[0] - h), max(0, size[1] - w)
+        if not (dh or dw):
+            break
+        win.resize(win.width() + dw, win.height() + dh)
+    return tuple(int(v) for v in viewer.window._qt_viewer.canvas.size)
+
+
 def _screenshot(viewer, out: Path, name: str) -> dict[str, Any]:
     """Canvas and whole-window PNGs of ``viewer``; what they show, for the summary."""
     t0 = time.perf_counter()
@@ -280,6 +297,7 @@ def _screenshot(viewer, out: Path, name: str) -> dict[str, Any]:
         "screenshot": str(path),
         "window_screenshot": str(out / f"{name}-window.png"),
         "seconds_screenshot": round(time.perf_counter() - t0, 3),
+        "screenshot_size": [int(n) for n in np.asarray(img).shape[:2]],
         "screenshot_mean_rgb": [
             round(float(c), 1) for c in np.asarray(img)[..., :3].reshape(-1, 3).mean(axis=0)
         ],
