@@ -61,8 +61,7 @@ def dock_plugin_widgets(viewer) -> list[str]:
 def _show_method_in_panels(viewer, method: str | None, layers: list) -> str | None:
     """Point the Run-model and Train-model panels at ``method`` (the checkpoint's settings
     then show) and select that method's top visible layer, so a screenshot's panels describe
-    what it shows.
-    Returns the method the panel shows (None without one)."""
+    what it shows. Returns the method the Run-model panel shows (None without the panel)."""
     from .widgets._inference import InferenceWidget
     from .widgets._training import TrainingWidget
 
@@ -271,10 +270,9 @@ def run_view(
     return 0
 
 
-def _fit_canvas(viewer, size: tuple[int, int]) -> tuple[int, int]:
+def _fit_canvas(viewer, size: tuple[int, int]) -> None:
     """Grow the window until its canvas is at least ``size`` (rows, cols) px: the docked
-    widgets take their room from the canvas, and a narrow window left it a sliver. Returns
-    the canvas size."""
+    widgets take their room from the canvas, and a narrow window left it a sliver."""
     win = viewer.window._qt_window
     for _ in range(4):
         _process_events()
@@ -283,7 +281,6 @@ def _fit_canvas(viewer, size: tuple[int, int]) -> tuple[int, int]:
         if not (dh or dw):
             break
         win.resize(win.width() + dw, win.height() + dh)
-    return tuple(int(v) for v in viewer.window._qt_viewer.canvas.size)
 
 
 def _screenshot(viewer, out: Path, name: str) -> dict[str, Any]:
