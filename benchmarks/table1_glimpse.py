@@ -64,8 +64,8 @@ def main(argv=None) -> int:
     for name, ckpt in (("supervised", args.supervised), ("mil", args.mil)):
         if args.only and name != args.only:
             continue
-        model, _, loaded = load_model(ckpt, "cpu")
-        models[name] = (model, loaded.path)
+        model, _, path = load_model(ckpt, "cpu")
+        models[name] = (model, path)
     settings = [(t, n) for t in args.temperatures for n in args.leaves] + [("all", None), ("all-tissue", None)]
     # scores[model][setting][rep][slide], seconds / patches likewise
     scores = {m: {s: np.full((args.reps, len(items)), np.nan) for s in settings} for m in models}

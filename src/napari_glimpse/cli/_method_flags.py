@@ -16,6 +16,8 @@ import dataclasses
 import inspect
 from typing import Any
 
+from ..methods.registry import spec_option
+
 _CALL_ARGS = {"slide_path", "slide", "checkpoint", "device", "region", "model", "data_dir", "show_q"}
 
 
@@ -58,8 +60,7 @@ def infer_flags(spec, fn=None) -> list[Flag]:
     """
     declared = None
     if fn is None:
-        declared = getattr(spec, "infer_config_cls", None) or (getattr(spec, "extra", None) or {}).get(
-            "infer_config_cls")
+        declared = spec_option(spec, "infer_config_cls")
     if declared is not None:
         return _declared_flags(spec, declared)
     fn = fn or spec.infer

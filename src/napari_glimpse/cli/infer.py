@@ -77,8 +77,7 @@ def infer_registry_cmd(args) -> int:
     params = inspect.signature(spec.infer).parameters
     takes_model = "model" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
     if spec.load_model is not None and takes_model:
-        kwargs["model"], _, ckpt = spec.load_model(args.checkpoint, args.device)
-        checkpoint = getattr(ckpt, "path", ckpt)  # a Checkpoint or its path
+        kwargs["model"], _, checkpoint = spec.load_model(args.checkpoint, args.device)
     else:
         checkpoint = args.checkpoint
     out = Path(args.out)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MethodSpec", "register", "get_method", "list_methods", "config_fields"]
+__all__ = ["MethodSpec", "register", "get_method", "list_methods", "config_fields", "spec_option"]
 
 
 @dataclass
@@ -38,7 +38,7 @@ class MethodSpec:
     default_checkpoint : callable, optional
         ``() -> str | None``: the shipped weights, if any.
     load_model : callable, optional
-        ``load_model(path_or_None, device) -> (model, config, checkpoint)``.
+        ``load_model(path_or_None, device) -> (model, config, checkpoint path)``.
     """
 
     name: str
@@ -57,6 +57,16 @@ class MethodSpec:
             raise ValueError(f"method name must be an identifier (hyphens allowed), got {self.name!r}")
         if not dataclasses.is_dataclass(self.config_cls):
             raise TypeError(f"{self.name}: config_cls must be a dataclass, got {self.config_cls!r}")
+
+
+def spec_option(spec, name: str, default=None):
+    """``spec.<name>``, else ``spec.extra[name]`` (MethodSpec's free-form slot), else ``default``:
+    how the CLI and the widgets read a method's optional declarations (``infer_config_cls``,
+    ``train_inputs``, ...)."""
+    value = getattr(spec, name, None)
+    if value is None:
+        value = (getattr(spec, "extra", None) or {}).get(name)
+    return default if value is None else value
 
 
 _REGISTRY: dict[str, MethodSpec] = {}

@@ -41,14 +41,6 @@ DEFAULT_INPUTS = (
 )
 
 
-def spec_attr(spec, name: str, default=None):
-    """``spec.<name>``, else ``spec.extra[name]`` (MethodSpec's free-form slot), else default."""
-    value = getattr(spec, name, None)
-    if value is None:
-        value = (getattr(spec, "extra", None) or {}).get(name)
-    return default if value is None else value
-
-
 def _registry():
     from ...methods import registry
 
@@ -93,7 +85,7 @@ def inference_form_source(spec):
     one generated dataclass so the form code sees a single config class. A config field
     that ``infer`` cannot receive is not shown (it would change nothing).
     """
-    cls = spec_attr(spec, "infer_config_cls")
+    cls = _registry().spec_option(spec, "infer_config_cls")
     if cls is not None:
         return cls, None
     params = inspect.signature(spec.infer).parameters
@@ -150,7 +142,7 @@ def config_default(spec, name: str, fallback: Any) -> Any:
 def training_inputs(spec) -> tuple[DataInput, ...]:
     """The data a method trains on: ``train_inputs`` when the spec declares them (attribute
     or ``extra["train_inputs"]``, DataInput or dicts of its fields), else patch folders."""
-    declared = spec_attr(spec, "train_inputs")
+    declared = _registry().spec_option(spec, "train_inputs")
     if not declared:
         return DEFAULT_INPUTS
     return tuple(d if isinstance(d, DataInput) else DataInput(**d) for d in declared)

@@ -32,8 +32,9 @@ def default_checkpoint() -> str | None:
 
 
 def load_model(checkpoint: str | os.PathLike | None = None, device: str | None = None):
-    """``(model, config, checkpoint)``; ``checkpoint`` may be a path, None (shipped supervised
-    weights) or the words ``"supervised"`` / ``"mil"`` (the shipped weights of that strategy)."""
+    """``(model, config, checkpoint path)``; ``checkpoint`` may be a path, None (shipped
+    supervised weights) or the words ``"supervised"`` / ``"mil"`` (the shipped weights of that
+    strategy)."""
     from ...runtime.checkpoint import config_from_checkpoint, load_checkpoint, load_state_checked
     from ...runtime.device import resolve_device
     from .model import build_model
@@ -50,7 +51,7 @@ def load_model(checkpoint: str | os.PathLike | None = None, device: str | None =
     load_state_checked(model, ckpt)
     dev = resolve_device(device or "auto")
     model = model.to(dev).eval()
-    return model, config, ckpt
+    return model, config, ckpt.path
 
 
 def _resolve(config: GlimpseTreeConfig, branching, leaves, temperature, seed, dense, tissue, tissue_min):
@@ -119,8 +120,7 @@ def infer(
     """
     t0 = time.perf_counter()
     if model is None:
-        model, _, ckpt = load_model(checkpoint, device)
-        ckpt_path = ckpt.path
+        model, _, ckpt_path = load_model(checkpoint, device)
     else:
         ckpt_path = str(checkpoint) if checkpoint else None
     config = model.config
@@ -205,8 +205,7 @@ def evaluate(data_dir, checkpoint=None, *, device: str | None = "auto", leaves: 
     if limit:
         items = items[: int(limit)]
     if model is None:
-        model, _, ckpt = load_model(checkpoint, device)
-        checkpoint = ckpt.path
+        model, _, checkpoint = load_model(checkpoint, device)
     scores, labels, seconds, patches, mode, n_leaves = [], [], [], [], None, None
     for k, item in enumerate(items):
         res = yield from _quiet(infer(item.path, checkpoint, model=model, leaves=leaves, branching=branching,
