@@ -48,12 +48,15 @@ def field_widget(f: dataclasses.Field, hint: Any):
                             step=_float_step(float(default)), **common)
     if hint is str:
         return LineEdit(value=str(default or ""), **common)
-    if typing.get_origin(hint) is tuple and typing.get_args(hint) == (int, ...):
+    if is_int_tuple(hint):
         common["tooltip"] = f"{meta.get('help') or f.name} (whole numbers separated by spaces)"
-        widget = LineEdit(value=_format_ints(default or ()), **common)
-        widget._int_tuple = True  # values() parses it back
-        return widget
+        return LineEdit(value=_format_ints(default or ()), **common)
     return None
+
+
+def is_int_tuple(hint: Any) -> bool:
+    """``tuple[int, ...]``: shown as text, numbers separated by spaces."""
+    return typing.get_origin(hint) is tuple and typing.get_args(hint) == (int, ...)
 
 
 def _format_ints(values) -> str:
@@ -93,6 +96,7 @@ class ConfigForm(Container):
         """Rebuild the form for ``config_cls`` (None: empty)."""
         self.clear()
         self.config_cls = config_cls
+        self._int_tuples: set[str] = set()  # names of the tuple[int, ...] fields (text boxes)
         if config_cls is None or not dataclasses.is_dataclass(config_cls):
             return
         hints = type_hints(config_cls)
@@ -102,11 +106,13 @@ class ConfigForm(Container):
             widget = field_widget(f, hints.get(f.name))
             if widget is not None:
                 self.append(widget)
+                if is_int_tuple(hints.get(f.name)):
+                    self._int_tuples.add(f.name)
 
     def values(self) -> dict[str, Any]:
         """``{field name: value}`` of the fields shown; ValueError names a tuple field whose
         text is not whole numbers."""
-        return {w.name: _parse_ints(w) if getattr(w, "_int_tuple", False) else w.value for w in self}
+        return {w.name: _parse_ints(w) if w.name in self._int_tuples else w.value for w in self}
 
     def set_values(self, values: dict[str, Any]) -> list[str]:
         """Show ``values`` in the fields of the same names (others are ignored); returns the
@@ -114,7 +120,7 @@ class ConfigForm(Container):
         done = []
         for w in self:
             value = values.get(w.name)
-            if getattr(w, "_int_tuple", False) and isinstance(value, (list, tuple)):
+            if w.name in self._int_tuples and isinstance(value, (list, tuple)):
                 value = _format_ints(value)
             if value is None or isinstance(value, (list, tuple, dict)):
                 continue
