@@ -203,7 +203,7 @@ def test_inference_adds_named_layers_and_rerun_replaces_them(
     assert len(viewer.layers) == n_layers  # replaced, not piled up
     assert sorted(lyr.name for lyr in viewer.layers) == sorted(names)
 
-    viewer.window._qt_window.resize(1400, 900)  # room for the canvas beside the docks
+    viewer.window.resize(1400, 900)  # room for the canvas beside the docks
     viewer.reset_view()
     shot = viewer.screenshot(canvas_only=False)
     from PIL import Image
@@ -243,8 +243,9 @@ def test_current_view_region_follows_the_camera(make_napari_viewer, qtbot, tiny_
     slide = open_slide_layer(viewer, SVS)  # 2220 x 2967 px, 0.499 um/px
     w = make_inference_widget(viewer, tiny_ckpt)
     w.region.value = VIEW
-    viewer.camera.center = (100.0, 100.0)  # um: level-0 pixel (200, 200)
-    viewer.camera.zoom = 8.0
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9: scene
+    camera.center = (100.0, 100.0)  # um: level-0 pixel (200, 200)
+    camera.zoom = 8.0
     # napari updates corner pixels when it draws; wait for a view smaller than the slide.
     qtbot.waitUntil(lambda: slide.data_level == 0 and 0 < slide.corner_pixels[1, -1] < 2000,
                     timeout=10_000)

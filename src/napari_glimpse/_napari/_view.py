@@ -220,7 +220,7 @@ def run_view(
 
     for _, v in viewers:
         # Under xvfb the window is shown too: napari renders nothing into a hidden canvas.
-        v.window._qt_window.resize(size[1] + 400, size[0] + 150)
+        v.window.resize(size[1] + 400, size[0] + 150)
         _fit_canvas(v, size)
         _scale_bar_um(v)
         _process_events()
@@ -273,14 +273,23 @@ def run_view(
 def _fit_canvas(viewer, size: tuple[int, int]) -> None:
     """Grow the window until its canvas is at least ``size`` (rows, cols) px: the docked
     widgets take their room from the canvas, and a narrow window left it a sliver."""
-    win = viewer.window._qt_window
     for _ in range(4):
         _process_events()
-        h, w = viewer.window._qt_viewer.canvas.size
+        h, w = _canvas_size(viewer)
         dh, dw = max(0, size[0] - h), max(0, size[1] - w)
         if not (dh or dw):
             break
-        win.resize(win.width() + dw, win.height() + dh)
+        _, _, win_w, win_h = viewer.window.geometry()
+        viewer.window.resize(win_w + dw, win_h + dh)
+
+
+def _canvas_size(viewer) -> tuple[int, int]:
+    """(rows, cols) of the canvas: napari >= 0.9 keeps it on ``viewer.canvas``; older
+    versions only on the Qt canvas."""
+    canvas = getattr(viewer, "canvas", None)
+    if canvas is not None and hasattr(canvas, "size"):
+        return tuple(int(n) for n in canvas.size)
+    return tuple(int(n) for n in viewer.window._qt_viewer.canvas.size)
 
 
 def _screenshot(viewer, out: Path, name: str) -> dict[str, Any]:
