@@ -7,6 +7,7 @@ import torch
 
 from napari_glimpse.runtime import device as dev_mod
 from napari_glimpse.runtime.device import is_oom, resolve_device, run_in_chunks
+from napari_glimpse.runtime.events import run_to_end
 
 
 def _oom_above(limit, calls):
@@ -85,13 +86,9 @@ def test_training_retries_a_batch_that_runs_out_of_memory(tmp_path, pcam_patches
 
     monkeypatch.setattr(celnet.CELNet, "forward", tight_memory)
     config = CELNetConfig(widths=(4, 8, 8), reduction=2, blocks=1, batch_size=8, lr=0.01, epochs=1)
-    gen = train_celnet(tmp_path / "train", tmp_path / "m.safetensors", config=config, device="cpu", seed=0)
     events = []
-    try:
-        while True:
-            events.append(next(gen))
-    except StopIteration as stop:
-        out = stop.value
+    out = run_to_end(train_celnet(tmp_path / "train", tmp_path / "m.safetensors", config=config, device="cpu",
+                                  seed=0), events.append)
     assert (tmp_path / "m.safetensors").is_file() and str(out).endswith("m.safetensors")
     assert sizes[:3] == [8, 4, 2]  # halved twice, then kept
     assert sum(s for s in sizes if s <= 2) == 8  # the batch of 8, once, in micro-batches of 2
