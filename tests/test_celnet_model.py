@@ -41,36 +41,38 @@ def test_paper_size_and_outputs():
 SMALL = {"widths": (4, 8, 8), "reduction": 2}
 
 
-@pytest.mark.parametrize("blocks", [1, 3])
-def test_context_margin_bounds_the_receptive_field(blocks):
+@pytest.mark.parametrize("blocks, stem_stride", [(1, 1), (3, 1), (3, 2)])
+def test_context_margin_bounds_the_receptive_field(blocks, stem_stride):
     torch.manual_seed(0)
-    model = CELNet(CELNetConfig(blocks=blocks, **SMALL)).eval()
-    m = model.context_margin
+    model = CELNet(CELNetConfig(blocks=blocks, stem_stride=stem_stride, **SMALL)).eval()
+    m, s = model.context_margin, model.stride
+    assert s == 4 * stem_stride
     size = 2 * m + 64
     x = torch.rand(1, 3, size, size, requires_grad=True)
     _, f3 = model.features(x)
-    c = size // 8  # an F3 cell near the middle, centred on input pixel 4c
+    c = size // (2 * s)  # an F3 cell near the middle, centred on input pixel s * c
     f3[0, :, c, c].sum().backward()
     rows = x.grad[0].abs().sum(0).sum(1).nonzero().flatten()
-    reach = max(4 * c - rows.min().item(), rows.max().item() - 4 * c)
+    reach = max(s * c - rows.min().item(), rows.max().item() - s * c)
     assert reach <= m  # nothing beyond the margin influences the cell
-    assert reach > m - 12  # and the margin is not wastefully large
+    assert reach > m - 3 * s  # and the margin is not wastefully large
 
 
-def test_dense_window_logits_equal_per_patch_with_context():
+@pytest.mark.parametrize("stem_stride", [1, 2])
+def test_dense_window_logits_equal_per_patch_with_context(stem_stride):
     torch.manual_seed(1)
-    model = CELNet(CELNetConfig(blocks=1, **SMALL)).eval()
+    model = CELNet(CELNetConfig(blocks=1, stem_stride=stem_stride, **SMALL)).eval()
     _randomise_bn(model)
-    m, p = model.context_margin, model.config.patch_size
-    tile = torch.rand(1, 3, 2 * m + p + 24, 2 * m + p + 24)
+    m, p, s = model.context_margin, model.config.patch_size, model.stride
+    tile = torch.rand(1, 3, 2 * m + p + 48, 2 * m + p + 48)
     with torch.no_grad():
         f2, f3 = model.features(tile)
-        dense = model.window_logits(f2, f3, step=4)
+        dense = model.window_logits(f2, f3, step=s)
         diffs = []
-        for r, c in [(m, m), (m + 8, m + 24), (m + 24, m + 4)]:
+        for r, c in [(m, m), (m + 8, m + 24), (m + 24, m + 40)]:
             ref = model.classify_with_context(tile[:, :, r - m : r + p + m, c - m : c + p + m])
-            diffs.append(abs(ref.item() - dense[0, r // 4, c // 4].item()))
-    assert dense.shape == (1, (tile.shape[-1] - p) // 4 + 1, (tile.shape[-1] - p) // 4 + 1)
+            diffs.append(abs(ref.item() - dense[0, r // s, c // s].item()))
+    assert dense.shape == (1, (tile.shape[-1] - p) // s + 1, (tile.shape[-1] - p) // s + 1)
     assert max(diffs) < 1e-4
     assert dense.std() > 1e-3  # the windows really differ, so equality is not trivial
 
@@ -89,6 +91,8 @@ def test_global_channel_attention_has_no_finite_context():
     [
         ({"channel_window": 4}, "channel_window"),
         ({"patch_size": 98}, "multiple of 4"),
+        ({"patch_size": 100, "stem_stride": 2}, "multiple of 8"),
+        ({"stem_stride": 3}, "stem_stride"),
         ({"spatial_kernels": (3, 4)}, "odd"),
         ({"lr": -1.0}, "lr"),
         ({"widths": (16, 32)}, "three"),
@@ -155,13 +159,14 @@ def test_local_channel_attention_pools_a_full_window_around_each_cell():
         assert torch.allclose(mam(f), expected, atol=1e-6)
 
 
-def test_dense_tta_equals_the_mean_over_turned_windows_with_context():
+@pytest.mark.parametrize("stem_stride", [1, 2])
+def test_dense_tta_equals_the_mean_over_turned_windows_with_context(stem_stride):
     from napari_glimpse.methods.celnet_dense import iter_tile_probabilities
     from napari_glimpse.runtime.datasets import dihedral
     from napari_glimpse.runtime.events import run_to_end
 
     torch.manual_seed(2)
-    model = CELNet(CELNetConfig(blocks=1, **SMALL)).eval()
+    model = CELNet(CELNetConfig(blocks=1, stem_stride=stem_stride, **SMALL)).eval()
     _randomise_bn(model)
     m, p, stride, n = model.context_margin, model.config.patch_size, 8, 4
     size = (n - 1) * stride + p + 2 * m

@@ -42,7 +42,8 @@ Consequences, which both paths must respect:
   window lies at least ``context_margin`` px inside the input on every side. Windows closer
   to the input border see zero padding instead of slide and must be discarded (overlap
   neighbouring tiles by ``2 * context_margin`` px). ``step`` and window offsets must be
-  multiples of ``model.stride`` (4 px) so that the stride-2 grids line up.
+  multiples of ``model.stride`` (4 px, 8 with ``stem_stride=2``) so that the stride-2 grids
+  line up.
 * The dense map and ``forward`` on an isolated patch differ near the patch border by design:
   the patch alone is padded with zeros, the slide is not.
 """
@@ -80,6 +81,14 @@ class CELNetConfig:
     # --- network -------------------------------------------------------------------------
     widths: tuple[int, ...] = _f((16, 32, 64), "channels of the three MA-ResModules", group="network")
     blocks: int = _f(3, "building blocks per MA-ResModule", min=1, max=8, group="network")
+    stem_stride: int = _f(
+        1,
+        "stride of the 3x3 head conv: 1 as in the paper; 2 runs the modules at half resolution, "
+        "4x cheaper (how the shipped CPU model affords the paper's 3 blocks)",
+        min=1,
+        max=2,
+        group="network",
+    )
     reduction: int = _f(4, "channel-attention bottleneck reduction", min=1, max=64, group="network")
     spatial_kernels: tuple[int, ...] = _f(
         (3, 5, 7), "kernel sizes of the spatial-attention branches (odd)", group="network"
@@ -135,8 +144,11 @@ class CELNetConfig:
             raise ValueError(f"CELNetConfig.spatial_kernels must be odd and positive, got {self.spatial_kernels}")
         if self.channel_window is not None and (self.channel_window < 1 or self.channel_window % 2 == 0):
             raise ValueError(f"CELNetConfig.channel_window must be odd and positive or None, got {self.channel_window}")
-        if self.patch_size % 4:
-            raise ValueError(f"CELNetConfig.patch_size must be a multiple of 4, got {self.patch_size}")
+        if self.patch_size % (4 * self.stem_stride):
+            raise ValueError(
+                f"CELNetConfig.patch_size must be a multiple of {4 * self.stem_stride} "
+                f"(4 x stem_stride), got {self.patch_size}"
+            )
         if any(not 0.0 < m < 1.0 for m in self.lr_milestones):
             raise ValueError(f"CELNetConfig.lr_milestones must lie in (0, 1), got {self.lr_milestones}")
         for f_ in fields(self):
@@ -217,21 +229,22 @@ class CELNet(nn.Module):
     Attributes
     ----------
     stride : int
-        Input pixels per F3 cell (4); F2 cells are ``stride // 2`` px.
+        Input pixels per F3 cell (``4 * config.stem_stride``); F2 cells are ``stride // 2`` px.
     context_margin : int
         Receptive-field radius in input px, rounded up to a multiple of ``stride``: features of
         cells inside a window depend only on pixels within this margin around the window.
     """
 
-    stride = 4
-
     def __init__(self, config: CELNetConfig | None = None):
         super().__init__()
         self.config = config = config or CELNetConfig()
+        self.stride = 4 * config.stem_stride
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
         w1, w2, w3 = config.widths
-        self.stem = nn.Sequential(nn.Conv2d(3, w1, 3, padding=1, bias=False), nn.BatchNorm2d(w1), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, w1, 3, stride=config.stem_stride, padding=1, bias=False), nn.BatchNorm2d(w1), nn.ReLU(inplace=True)
+        )
         self.module1 = self._module(w1, w1, 1)
         self.module2 = self._module(w1, w2, 2)
         self.module3 = self._module(w2, w3, 2)
@@ -254,7 +267,7 @@ class CELNet(nn.Module):
         if cfg.channel_window is None:
             return None
         per_block = cfg.channel_window // 2 + max(cfg.spatial_kernels) // 2  # MAM, in cells
-        radius, jump = 1, 1  # stem conv
+        radius, jump = 1, cfg.stem_stride  # stem conv
         for stride in (1, 2, 2):
             for b in range(cfg.blocks):
                 radius += jump  # conv1 (its stride acts after its own footprint)
@@ -271,8 +284,9 @@ class CELNet(nn.Module):
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Module-2 and module-3 feature maps (before pooling) of RGB input in [0, 1].
 
-        ``x`` is (N, 3, H, W) with H, W multiples of 4; F2 is (N, w2, H/2, W/2), F3 is
-        (N, w3, H/4, W/4). Cell (i, j) of F2 is centred on input pixel (2i, 2j), of F3 on (4i, 4j).
+        ``x`` is (N, 3, H, W) with H, W multiples of s = ``stride``; F2 is (N, w2, 2H/s, 2W/s),
+        F3 is (N, w3, H/s, W/s). Cell (i, j) of F2 is centred on input pixel (i, j) x s/2, of F3
+        on (i, j) x s.
         """
         h = self.module1(self.stem(self.normalize(x)))
         f2 = self.module2(h)
@@ -314,8 +328,9 @@ class CELNet(nn.Module):
         step = step or self.stride
         if step % self.stride:
             raise ValueError(f"step must be a multiple of {self.stride} px, got {step}")
-        k3, k2 = self.config.patch_size // 4, self.config.patch_size // 2
-        s3, s2 = step // 4, step // 2
+        c3, c2 = self.stride, self.stride // 2  # input px per F3 / F2 cell
+        k3, k2 = self.config.patch_size // c3, self.config.patch_size // c2
+        s3, s2 = step // c3, step // c2
         pooled = (
             F.avg_pool2d(f2, k2, stride=s2),
             F.max_pool2d(f2, k2, stride=s2),
@@ -338,8 +353,9 @@ class CELNet(nn.Module):
         if x.shape[-1] != p + 2 * m or x.shape[-2] != p + 2 * m:
             raise ValueError(f"expected {p + 2 * m} px square input (patch {p} + 2 x margin {m}), got {tuple(x.shape[-2:])}")
         f2, f3 = self.features(x)
-        f2 = f2[:, :, m // 2 : (m + p) // 2, m // 2 : (m + p) // 2]
-        f3 = f3[:, :, m // 4 : (m + p) // 4, m // 4 : (m + p) // 4]
+        c3, c2 = self.stride, self.stride // 2
+        f2 = f2[:, :, m // c2 : (m + p) // c2, m // c2 : (m + p) // c2]
+        f3 = f3[:, :, m // c3 : (m + p) // c3, m // c3 : (m + p) // c3]
         pooled = (f2.mean(dim=(2, 3)), f2.amax(dim=(2, 3)), f3.mean(dim=(2, 3)), f3.amax(dim=(2, 3)))
         return self.head(*pooled)
 

@@ -53,7 +53,7 @@ def feature_layers(model) -> tuple[list[tuple[torch.nn.Module, int, int, int]], 
     if cfg.channel_window is None:
         raise ValueError("global channel attention (channel_window=None) cannot be computed in bands")
     block_overlap = 2 + cfg.channel_window // 2 + max(cfg.spatial_kernels) // 2
-    layers = [(model.stem, 1, 1, model.stem[0].out_channels)]
+    layers = [(model.stem, model.stem[0].stride[0], 1, model.stem[0].out_channels)]
     for module in (model.module1, model.module2, model.module3):
         for block in module:
             layers.append((block, block.conv1.stride[0], block_overlap, block.conv1.out_channels))
@@ -143,7 +143,8 @@ def iter_tile_probabilities(model, tiles: np.ndarray, tile_cells: int, stride: i
         with torch.no_grad():
             # Drop the margin so window (0, 0) starts at feature cell 0; windows near the far
             # border fall off because window_logits only returns windows that fit the features.
-            logits = model.window_logits(f2[:, :, m // 2 :, m // 2 :], f3[:, :, m // 4 :, m // 4 :], stride)
+            c3, c2 = model.stride, model.stride // 2  # input px per F3 / F2 cell
+            logits = model.window_logits(f2[:, :, m // c2 :, m // c2 :], f3[:, :, m // c3 :, m // c3 :], stride)
             del f2, f3
             if logits.shape[1] < tile_cells or logits.shape[2] < tile_cells:
                 raise RuntimeError(f"tile gave {tuple(logits.shape[1:])} windows, expected {tile_cells}")
