@@ -30,10 +30,10 @@ def run(gen):
             return stop.value, events
 
 
-def tiny_celnet(seed=0) -> CELNet:
+def tiny_celnet(seed=0, stem_stride=1) -> CELNet:
     torch.manual_seed(seed)
     cfg = CELNetConfig(widths=(4, 8, 8), blocks=1, reduction=2, channel_window=3,
-                       spatial_kernels=(3,), patch_size=32, mpp=1.0)
+                       spatial_kernels=(3,), patch_size=32, mpp=1.0, stem_stride=stem_stride)
     model = CELNet(cfg).eval()
     for m in model.modules():  # non-trivial BN statistics, so eval-mode BN is not identity
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -90,8 +90,9 @@ def test_classify_windows_maps_a_bright_square_to_its_cells():
     assert on[:, 1].min() == 20 and on[:, 1].max() == 23
 
 
-def test_dense_tile_equals_per_patch_classification():
-    model = tiny_celnet()
+@pytest.mark.parametrize("stem_stride", [1, 2])
+def test_dense_tile_equals_per_patch_classification(stem_stride):
+    model = tiny_celnet(stem_stride=stem_stride)
     m, p, stride, n = model.context_margin, model.config.patch_size, 8, 3
     size = (n - 1) * stride + p + 2 * m
     tile = textured(size, size, seed=1)
@@ -107,8 +108,9 @@ def test_dense_tile_equals_per_patch_classification():
     assert dense.std() > 1e-3  # not a constant map, so the comparison means something
 
 
-def test_infer_celnet_matches_per_window_reference_across_tiles():
-    model = tiny_celnet()
+@pytest.mark.parametrize("stem_stride", [1, 2])
+def test_infer_celnet_matches_per_window_reference_across_tiles(stem_stride):
+    model = tiny_celnet(stem_stride=stem_stride)
     m, p, stride = model.context_margin, model.config.patch_size, 8
     img = textured(300, 260, seed=2)
     slide = FakeSlide(img, mpp=(0.5, 0.5), downsamples=(1, 2))  # working 1.0 um/px = level 1

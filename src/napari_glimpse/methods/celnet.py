@@ -122,7 +122,7 @@ class CELNetConfig:
         group="training",
     )
     # --- data / resolution ---------------------------------------------------------------
-    patch_size: int = _f(96, "input patch size in pixels (multiple of 4)", min=16, max=1024, group="data")
+    patch_size: int = _f(96, "input patch size in pixels (multiple of 4 x stem_stride)", min=16, max=1024, group="data")
     mpp: float = _f(0.972, "working resolution in um/px (PCam is 10x, 0.972 um/px)", min=0.05, max=20.0, group="data")
     # --- slide inference / CELM (used by the inference code) ------------------------------
     threshold: float = _f(0.5, "tumour probability threshold", min=0.0, max=1.0, group="inference")

@@ -82,7 +82,10 @@ class CELNetInferConfig:
     The CELM / threshold fields override the checkpoint config's values when given.
     """
 
-    stride: int = _opt(32, "px between windows at the working resolution (multiple of 4)", min=4, max=1024)
+    stride: int = _opt(
+        32, "px between windows at the working resolution (multiple of the model's stride: 4, or 8 with stem_stride 2)",
+        min=4, max=1024,
+    )
     tile_size: int = _opt(1536, "tile input px, context included (bounds memory; smaller regions "
                                 "get smaller tiles)", min=128, max=8192)
     batch_size: int = _opt(1, "tiles per forward pass", min=1, max=64)
