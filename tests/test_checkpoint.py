@@ -111,6 +111,19 @@ def test_truncated_file_is_refused(tmp_path, cut):
         load_model(path)
 
 
+@pytest.mark.parametrize("length", [0x80, 0x4B50, 0x180])  # low bytes 0x80 / "PK": pickle / zip look-alikes
+@pytest.mark.parametrize("cut", [4, 9, 100])
+def test_truncated_file_whose_header_length_looks_like_a_pickle(tmp_path, length, cut):
+    # The header length's low byte is whatever the JSON's size makes it; CI once produced a
+    # header whose first byte was 0x80 and a truncated checkpoint was called a pickle.
+    import struct
+    path = tmp_path / "m.safetensors"
+    path.write_bytes((struct.pack("<Q", length) + b'{"__metadata__": {"x": "' + b"y" * 200)[:cut])
+    with pytest.raises(CheckpointError, match="corrupt or truncated") as err:
+        load_model(path)
+    assert str(path) in str(err.value)
+
+
 def test_garbage_and_missing_files(tmp_path):
     garbage = tmp_path / "g.safetensors"
     garbage.write_bytes(b"hello world, not a checkpoint at all")

@@ -150,6 +150,10 @@ def save_checkpoint(
     return str(path)
 
 
+# safetensors itself refuses headers above 100 MB.
+_MAX_HEADER_BYTES = 100_000_000
+
+
 def _check_safetensors_file(path: Path) -> None:
     """Refuse anything that is not a well-formed safetensors file, without unpickling it."""
     try:
@@ -159,18 +163,26 @@ def _check_safetensors_file(path: Path) -> None:
             # A safetensors file is an 8-byte little-endian header length, then the JSON header
             # ("{"). Its first byte is the length's low byte, which may well be 0x80 or "P", so
             # the pickle / zip signatures only count when the file is not safetensors-shaped.
+            # The shape test must not depend on the file's size: a truncated safetensors file is
+            # corrupt, not a pickle, whatever its header length happens to start with.
+            length = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else 0
             looks_safetensors = (len(head) == 9 and head[8:9] == b"{"
-                                 and 0 < struct.unpack("<Q", head[:8])[0] <= size - 8)
+                                 and 0 < length <= _MAX_HEADER_BYTES)
+            if len(head) < 9:
+                # Nothing this short loads, pickled or not; the signatures below are not telling.
+                raise CheckpointError(
+                    f"corrupt or truncated checkpoint (file too short: {size} bytes)", path)
             if not looks_safetensors and (head[:2] == b"PK" or head[:1] == b"\x80"):
                 # zip = torch.save's format, 0x80 = pickle protocol >= 2: both execute code on load.
                 raise CheckpointError("not a safetensors checkpoint; refusing to unpickle", path)
-            if len(head) < 9:
-                raise CheckpointError("corrupt or truncated checkpoint (file too short)", path)
-            (n,) = struct.unpack("<Q", head[:8])
-            if n <= 0 or 8 + n > size:
+            if not looks_safetensors and head[8:9] == b"{":
                 raise CheckpointError("corrupt or truncated checkpoint (bad header length)", path)
             if head[8:9] != b"{":
                 raise CheckpointError("not a safetensors checkpoint; refusing to unpickle", path)
+            if 8 + length > size:
+                raise CheckpointError(
+                    f"corrupt or truncated checkpoint (header of {length} bytes, file of {size})",
+                    path)
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint: {exc.strerror or exc}", path) from exc
 
