@@ -7,7 +7,10 @@ output says so), and the maps are compared on that subset. A second baseline cla
 bare 96-px windows with ``forward`` (zero-padded, not equal to the dense map, but what a
 naive patch pipeline would do).
 
-    nice python benchmarks/bench_dense_map.py [--size 4096] [--stride 32] [--subset 64]
+    nice python benchmarks/bench_dense_map.py [--size 4096] [--stride 32] [--subset 64] [--stem-stride 2]
+
+The model is a paper-size CELNet (3 blocks, 16/32/64) with random weights; ``--stem-stride 2``
+gives it the shipped checkpoint's stride-2 head.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ def main() -> None:
     ap.add_argument("--stride", type=int, default=32)
     ap.add_argument("--subset", type=int, default=64)
     ap.add_argument("--tile-size", type=int, default=1536)
+    ap.add_argument("--stem-stride", type=int, default=1, choices=(1, 2))
     a = ap.parse_args()
     torch.manual_seed(0)
-    model = CELNet(CELNetConfig()).eval()
+    model = CELNet(CELNetConfig(stem_stride=a.stem_stride)).eval()
     p, m, s = model.config.patch_size, model.context_margin, a.stride
     n_cells = a.size // s
     # A real-looking region: PCam-free random texture is enough for timing; values compared exactly.
@@ -75,7 +79,8 @@ def main() -> None:
 
     diff = float(np.abs(dense.ravel()[idx] - ref).max())
     assert diff <= 1e-4, f"dense map differs from per-patch classification by {diff}"
-    print(f"region {a.size} x {a.size} px, stride {s}, {n_cells * n_cells} windows, "
+    print(f"CELNet 3 blocks, stem stride {a.stem_stride}; "
+          f"region {a.size} x {a.size} px, stride {s}, {n_cells * n_cells} windows, "
           f"context margin {m} px, tile {t} x {t} windows, threads {torch.get_num_threads()}")
     print(f"fully convolutional:        {t_dense:8.1f} s  ({n_cells * n_cells / t_dense:7.0f} windows/s)")
     print(f"per patch with context:     {t_ctx:8.1f} s  (extrapolated from {len(idx)} random windows)")

@@ -111,6 +111,8 @@ def main() -> None:
             "CELNet shipped, 2-D MAM pools": celnet_with_2d_mam(shipped),
             # widths tried for the shipped model: module 1 (full resolution) dominates the cost
             "CELNet 1 block, 16/32/96": CELNet(CELNetConfig(blocks=1, widths=(16, 32, 96))),
+            # the paper's depth and widths with a stride-2 head: every module at half resolution
+            "CELNet 3 blocks, stem stride 2": CELNet(CELNetConfig(stem_stride=2)),
             "CELNet 1 block, 16/48/128": CELNet(CELNetConfig(blocks=1, widths=(16, 48, 128))),
             "CELNet- (no MAM, 3 blocks)": celnet_without_mam(CELNetConfig()),
             "SmallCNN (width 16)": _Wrap(SmallCNN(16)),
