@@ -21,7 +21,9 @@ from napari_glimpse._napari.widgets._form import ConfigForm
 from napari_glimpse._napari.widgets._inference import RECTANGLE, VIEW, shapes_box, view_box
 from napari_glimpse.methods.celnet import CELNet, CELNetConfig
 
-PCAM = Path(__file__).resolve().parents[2] / "shared/data/pcam/train"  # ../shared beside the checkout
+# Real PCam validation patches bundled with the tests (tests/data/ATTRIBUTION.md): the suite must
+# not depend on ../shared, which a clone elsewhere does not have.
+PCAM = Path(__file__).parent / "data" / "pcam_valid"
 SVS = Path(__file__).resolve().parents[1] / "src/napari_glimpse/_sample_data/cmu-1-small-region.svs"
 TINY = {"widths": (4, 8, 8), "blocks": 1}  # ~4k parameters: seconds on a CPU
 
@@ -363,12 +365,13 @@ def test_replace_layers_keeps_other_runs(make_napari_viewer):
 
 @pytest.fixture
 def patch_dirs(tmp_path) -> Path:
-    """tmp_path/{train,valid}/{0,1}: 4 + 4 real PCam training patches, 2 + 2 validation."""
-    for split, n in (("train", 4), ("valid", 2)):
-        for c in ("0", "1"):
+    """tmp_path/{train,valid}/{0,1}: 4 + 4 real PCam patches to train on, 2 + 2 others to validate."""
+    for c in ("0", "1"):
+        files = sorted((PCAM / c).glob("*.jpg"))
+        for split, chosen in (("train", files[:4]), ("valid", files[4:6])):
             dest = tmp_path / split / c
             dest.mkdir(parents=True)
-            for f in sorted((PCAM.parent / split / c).glob("*.jpg"))[:n]:
+            for f in chosen:
                 shutil.copy(f, dest / f.name)
     return tmp_path
 
