@@ -3,7 +3,7 @@
 Writes a SIZE x SIZE pyramidal TIFF (default 20000) at 0.972 um/px whose tissue is a disc
 of real PCam patches on a white background, then runs ``infer_celnet`` over the tissue.
 
-    nice python benchmarks/bench_slide_inference.py [--size 20000] [--stride 32] [--celm]
+    nice python benchmarks/bench_slide_inference.py [--size 20000] [--stride 32] [--celm] [--tile-size PX]
         [--checkpoint shipped|PATH] [--tta]
 
 Without ``--checkpoint`` the model is a paper-size CELNet (3 blocks) with random weights; with
@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=20000)
     ap.add_argument("--stride", type=int, default=32)
     ap.add_argument("--celm", action="store_true")
+    ap.add_argument("--tile-size", type=int, help="tile input px, context included (default: the method's)")
     ap.add_argument("--tta", action="store_true", help="8 rotations / flips per window")
     ap.add_argument("--checkpoint", help="'shipped' or a CELNet checkpoint (default: random paper-size model)")
     ap.add_argument("--patches", default=str(Path(__file__).resolve().parents[2] / "shared/data/pcam/valid"),
@@ -73,7 +74,8 @@ def main() -> None:
         else:
             torch.manual_seed(0)
             model, ckpt = CELNet(CELNetConfig()).eval(), "random paper-size CELNet"
-        gen = infer_celnet(str(path), model, stride=a.stride, celm=a.celm, tta=a.tta)
+        kw = {"tile_size": a.tile_size} if a.tile_size else {}
+        gen = infer_celnet(str(path), model, stride=a.stride, celm=a.celm, tta=a.tta, **kw)
         t0 = time.perf_counter()
         while True:
             try:
@@ -87,6 +89,7 @@ def main() -> None:
     windows = int((result.maps[0].data > 0).sum())
     level0_mb = a.size * a.size * 3 / 2**20
     print(f"mosaic {a.size} x {a.size} px written in {t_write:.0f} s; stride {a.stride}, celm={a.celm}, "
+          f"tile size {a.tile_size or 'default'}, "
           f"tta={a.tta}, threads {torch.get_num_threads()}; model: {ckpt}")
     print(f"inference {dt:.1f} s: {s['patches_read']} tiles, {windows} tissue windows "
           f"({windows / dt:.0f} windows/s), {s['pixels_read'] / 1e6:.0f} Mpx read "

@@ -9,7 +9,11 @@ Dice of the evidence mask with the tumour cells. Both are chosen on the selectio
 mosaics (seed 12). The truth is per 96 px cell, so it rewards evidence that covers tumour
 cells, not the detail inside them.
 
-    python benchmarks/celm_select.py [--checkpoint CKPT] [--mosaics 6] [--json out.json]
+    python benchmarks/celm_select.py [--checkpoint CKPT] [--mosaics 6] [--json out.json] [--write OUT]
+
+``--write OUT`` saves a copy of the checkpoint whose config holds the chosen a, b and threshold
+(what ``infer celnet`` and the "Run model" form use unless told otherwise), with the selection's
+figures in its header under ``celm_selection``.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ def main() -> None:
     ap.add_argument("--mosaics", type=int, default=6, help="mosaics per set (selection, check)")
     ap.add_argument("--grid", type=int, default=12, help="cells per mosaic side")
     ap.add_argument("--json", help="write all figures here")
+    ap.add_argument("--write", help="save a copy of the checkpoint with the chosen values in its config")
     args = ap.parse_args()
     keep_freed_memory()
     model, ckpt = load_celnet(args.checkpoint, "cpu")
@@ -105,6 +110,24 @@ def main() -> None:
             "selection": {f"{k[0]},{k[1]}": {"auc": v[0], "dice": list(map(float, v[1]))} for k, v in grid.items()},
             "thresholds": THRESHOLDS, "check_auc_chosen": auc_c.tolist(), "check_auc_default": auc_d.tolist(),
             "check_dice_chosen": chosen.tolist(), "check_dice_default": default.tolist()}, indent=1))
+    if args.write:
+        write_choice(ckpt, args.write, {"celm_a": a, "celm_b": b, "evidence_threshold": best_t}, {
+            "mosaics": args.mosaics, "grid": args.grid, "selection_auc": grid[(a, b)][0],
+            "selection_dice": float(grid[(a, b)][1][j]), "check_dice": float(chosen.mean()),
+            "check_dice_paper_defaults": float(default.mean())})
+        print(f"wrote {args.write}")
+
+
+def write_choice(src: str, out: str, chosen: dict, figures: dict) -> None:
+    """Copy checkpoint ``src`` to ``out`` (atomically) with ``chosen`` in its config."""
+    from napari_glimpse.runtime.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(src, expected_method="celnet")
+    header = {k: v for k, v in ckpt.header.items()
+              if k not in ("format", "method", "config", "package_version")}
+    header["celm_selection"] = {**chosen, **figures, "by": "benchmarks/celm_select.py"}
+    save_checkpoint(out, method="celnet", config={**ckpt.config, **chosen},
+                    model_state=ckpt.model_state, header=header)
 
 
 if __name__ == "__main__":
