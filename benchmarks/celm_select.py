@@ -13,7 +13,7 @@ cells, not the detail inside them.
 
 ``--write OUT`` saves a copy of the checkpoint whose config holds the chosen a, b and threshold
 (what ``infer celnet`` and the "Run model" form use unless told otherwise), with the selection's
-figures in its header under ``celm_selection``.
+figures in its header's ``edits``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import numpy as np
 from napari_glimpse.methods.celm import evidence_mask
 from napari_glimpse.methods.celnet_infer import infer, load_celnet
 from napari_glimpse.mosaic import CELL_SIZE, make_mosaics
+from napari_glimpse.runtime.checkpoint import edit_config
 from napari_glimpse.runtime.cpu_memory import keep_freed_memory
 from napari_glimpse.runtime.events import run_to_end
 from napari_glimpse.runtime.training import roc_auc
@@ -111,23 +112,12 @@ def main() -> None:
             "thresholds": THRESHOLDS, "check_auc_chosen": auc_c.tolist(), "check_auc_default": auc_d.tolist(),
             "check_dice_chosen": chosen.tolist(), "check_dice_default": default.tolist()}, indent=1))
     if args.write:
-        write_choice(ckpt, args.write, {"celm_a": a, "celm_b": b, "evidence_threshold": best_t}, {
-            "mosaics": args.mosaics, "grid": args.grid, "selection_auc": grid[(a, b)][0],
-            "selection_dice": float(grid[(a, b)][1][j]), "check_dice": float(chosen.mean()),
-            "check_dice_paper_defaults": float(default.mean())})
+        edit_config(ckpt, args.write, {"celm_a": a, "celm_b": b, "evidence_threshold": best_t},
+                    f"chosen by benchmarks/celm_select.py on {args.mosaics} + {args.mosaics} validation mosaics "
+                    f"of {args.grid} x {args.grid} PCam cells: selection AUC {grid[(a, b)][0]:.4f}, Dice "
+                    f"{grid[(a, b)][1][j]:.3f}; check Dice {chosen.mean():.3f} (paper defaults "
+                    f"{default.mean():.3f})", expected_method="celnet")
         print(f"wrote {args.write}")
-
-
-def write_choice(src: str, out: str, chosen: dict, figures: dict) -> None:
-    """Copy checkpoint ``src`` to ``out`` (atomically) with ``chosen`` in its config."""
-    from napari_glimpse.runtime.checkpoint import load_checkpoint, save_checkpoint
-
-    ckpt = load_checkpoint(src, expected_method="celnet")
-    header = {k: v for k, v in ckpt.header.items()
-              if k not in ("format", "method", "config", "package_version")}
-    header["celm_selection"] = {**chosen, **figures, "by": "benchmarks/celm_select.py"}
-    save_checkpoint(out, method="celnet", config={**ckpt.config, **chosen},
-                    model_state=ckpt.model_state, header=header)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,13 @@ def classify_tta(model, images, batch_size=32):
     return 1 / (1 + np.exp(-np.mean(logits, 0)))
 
 
-inf.classify_glimpses = classify_tta
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import glimpse_branching  # noqa: E402
+def main(argv=None) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import glimpse_branching
+
+    inf.classify_glimpses = classify_tta  # run_tree and run_all look it up in the module
+    return glimpse_branching.main(argv)
+
 
 if __name__ == "__main__":
-    sys.exit(glimpse_branching.main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import pickle
+import struct
 
 import pytest
 import torch
 
 from napari_glimpse.errors import CheckpointError
 from napari_glimpse.methods.celnet import CELNet, CELNetConfig
-from napari_glimpse.runtime.checkpoint import load_checkpoint, load_model, save_checkpoint
+from napari_glimpse.runtime.checkpoint import (
+    edit_config,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
 
 TINY = CELNetConfig(widths=(4, 8, 8), reduction=2, blocks=1)
 
@@ -116,12 +122,33 @@ def test_truncated_file_is_refused(tmp_path, cut):
 def test_truncated_file_whose_header_length_looks_like_a_pickle(tmp_path, length, cut):
     # The header length's low byte is whatever the JSON's size makes it; CI once produced a
     # header whose first byte was 0x80 and a truncated checkpoint was called a pickle.
-    import struct
     path = tmp_path / "m.safetensors"
     path.write_bytes((struct.pack("<Q", length) + b'{"__metadata__": {"x": "' + b"y" * 200)[:cut])
     with pytest.raises(CheckpointError, match="corrupt or truncated") as err:
         load_model(path)
     assert str(path) in str(err.value)
+
+
+def test_edit_config_changes_settings_keeps_weights_and_records_the_edit(tmp_path):
+    src, out = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    model = _save(src)
+    edit_config(src, out, {"celm_a": 0.75, "evidence_threshold": 0.01}, "chosen on validation",
+                expected_method="celnet")
+    ckpt = load_checkpoint(out)
+    assert ckpt.config["celm_a"] == 0.75 and ckpt.config["evidence_threshold"] == 0.01
+    assert ckpt.config["celm_b"] == TINY.celm_b and ckpt.header["metrics"] == {"val_auc": 0.9}
+    edits = ckpt.header["edits"]
+    assert [(e["field"], e["from"], e["to"]) for e in edits] == [
+        ("config.celm_a", TINY.celm_a, 0.75), ("config.evidence_threshold", TINY.evidence_threshold, 0.01)]
+    assert all(e["why"] == "chosen on validation" for e in edits)
+    loaded = load_model(out)
+    assert loaded.config.celm_a == 0.75
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    with pytest.raises(CheckpointError, match="warp_drive"):
+        edit_config(src, out, {"warp_drive": 3}, "no such field")
+    with pytest.raises(CheckpointError, match="glimpse-tree"):
+        edit_config(src, out, {"celm_a": 0.5}, "wrong method", expected_method="glimpse-tree")
 
 
 def test_garbage_and_missing_files(tmp_path):

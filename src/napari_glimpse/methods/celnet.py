@@ -84,7 +84,7 @@ class CELNetConfig:
     stem_stride: int = _f(
         1,
         "stride of the 3x3 head conv: 1 as in the paper; 2 runs the modules at half resolution, "
-        "4x cheaper (how the shipped CPU model affords the paper's 3 blocks)",
+        "a quarter of the positions to compute (how the shipped CPU model affords the paper's 3 blocks)",
         min=1,
         max=2,
         group="network",

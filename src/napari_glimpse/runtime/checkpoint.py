@@ -16,6 +16,7 @@ A pickle (``torch.save`` output, or anything else) is refused before anything is
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import struct
@@ -30,7 +31,7 @@ from ..errors import CheckpointError
 
 __all__ = [
     "Checkpoint", "save_checkpoint", "load_checkpoint", "load_state_checked", "load_model",
-    "config_from_checkpoint", "read_header", "FORMAT_VERSION",
+    "config_from_checkpoint", "read_header", "edit_config", "FORMAT_VERSION",
 ]
 
 FORMAT_VERSION = 1
@@ -160,29 +161,22 @@ def _check_safetensors_file(path: Path) -> None:
         size = path.stat().st_size
         with open(path, "rb") as fh:
             head = fh.read(9)
-            # A safetensors file is an 8-byte little-endian header length, then the JSON header
-            # ("{"). Its first byte is the length's low byte, which may well be 0x80 or "P", so
-            # the pickle / zip signatures only count when the file is not safetensors-shaped.
-            # The shape test must not depend on the file's size: a truncated safetensors file is
-            # corrupt, not a pickle, whatever its header length happens to start with.
-            length = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else 0
-            looks_safetensors = (len(head) == 9 and head[8:9] == b"{"
-                                 and 0 < length <= _MAX_HEADER_BYTES)
             if len(head) < 9:
-                # Nothing this short loads, pickled or not; the signatures below are not telling.
-                raise CheckpointError(
-                    f"corrupt or truncated checkpoint (file too short: {size} bytes)", path)
-            if not looks_safetensors and (head[:2] == b"PK" or head[:1] == b"\x80"):
-                # zip = torch.save's format, 0x80 = pickle protocol >= 2: both execute code on load.
+                # Nothing this short loads, pickled or not.
+                raise CheckpointError(f"corrupt or truncated checkpoint (file too short: {size} bytes)", path)
+            # A safetensors file is an 8-byte little-endian header length, then the JSON header
+            # ("{"). The length's low byte may well be 0x80 or "P", so the pickle / zip signatures
+            # (0x80 = pickle protocol >= 2, zip = torch.save: both execute code on load) count only
+            # when the file is not safetensors-shaped. The shape never depends on the file size:
+            # a truncated safetensors file is corrupt, not a pickle.
+            (length,) = struct.unpack("<Q", head[:8])
+            plausible = 0 < length <= _MAX_HEADER_BYTES
+            pickle_like = head[:2] == b"PK" or head[:1] == b"\x80"
+            if head[8:9] != b"{" or (pickle_like and not plausible):
                 raise CheckpointError("not a safetensors checkpoint; refusing to unpickle", path)
-            if not looks_safetensors and head[8:9] == b"{":
-                raise CheckpointError("corrupt or truncated checkpoint (bad header length)", path)
-            if head[8:9] != b"{":
-                raise CheckpointError("not a safetensors checkpoint; refusing to unpickle", path)
-            if 8 + length > size:
+            if not plausible or 8 + length > size:
                 raise CheckpointError(
-                    f"corrupt or truncated checkpoint (header of {length} bytes, file of {size})",
-                    path)
+                    f"corrupt or truncated checkpoint (header of {length} bytes, file of {size})", path)
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint: {exc.strerror or exc}", path) from exc
 
@@ -273,6 +267,32 @@ def load_checkpoint(path: str | os.PathLike, expected_method: str | None = None)
         optimizer_state=optimizer_state,
         rng_state=rng,
     )
+
+
+def edit_config(src: str | os.PathLike, out: str | os.PathLike, changes: dict, why: str,
+                expected_method: str | None = None) -> str:
+    """Copy checkpoint ``src`` to ``out`` (atomically; ``out`` may be ``src``) with ``changes``
+    applied to its config and weights untouched, each change recorded in the header's ``edits``
+    (date, field, from, to, why), e.g. settings chosen on validation data after training.
+
+    Raises
+    ------
+    CheckpointError
+        As :func:`load_checkpoint`, or when a changed field is not in the stored config.
+    """
+    ckpt = load_checkpoint(src, expected_method)
+    unknown = sorted(set(changes) - set(ckpt.config))
+    if unknown:
+        raise CheckpointError(f"config fields {unknown} are not in this {ckpt.method} checkpoint", src)
+    header = {k: v for k, v in ckpt.header.items()
+              if k not in ("format", "method", "config", "package_version", "optimizer")}
+    today = datetime.date.today().isoformat()
+    header["edits"] = list(header.get("edits", [])) + [
+        {"date": today, "field": f"config.{k}", "from": ckpt.config[k], "to": v, "why": why}
+        for k, v in changes.items()]
+    return save_checkpoint(out, method=ckpt.method, config={**ckpt.config, **changes},
+                           model_state=ckpt.model_state, header=header,
+                           optimizer_state=ckpt.optimizer_state, rng_state=ckpt.rng_state)
 
 
 def load_state_checked(model: torch.nn.Module, checkpoint: Checkpoint) -> None:
