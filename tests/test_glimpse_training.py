@@ -210,3 +210,43 @@ def test_region_image_cache_crops_what_the_reader_reads(mosaics):  # noqa: F811
     finally:
         for ts in slides:
             ts.slide.close()
+
+
+def test_leaf_jitter_moves_drawn_leaves_within_bounds(mosaics, tiny_model):  # noqa: F811
+    # C epochs read each policy-drawn leaf moved by up to leaf_jitter of its edge, kept on the
+    # slide (the images are the moved boxes' pixels), and the same draws with 0 give the tree's leaves
+    import dataclasses
+
+    from napari_glimpse.methods.glimpse_tree.data import find_slides
+    from napari_glimpse.methods.glimpse_tree.training import (
+        _jitter_box,
+        _open_slides,
+        _sampled_leaves,
+    )
+
+    rng = np.random.default_rng(0)
+    moved = np.array([_jitter_box((100.0, 50.0, 132.0, 82.0), 0.5, (576, 576), rng) for _ in range(500)])
+    assert np.allclose(moved[:, 2] - moved[:, 0], 32) and np.allclose(moved[:, 3] - moved[:, 1], 32)
+    assert np.abs(moved[:, 0] - 100).max() <= 16 and np.abs(moved[:, 1] - 50).max() <= 16
+    assert np.abs(moved[:, 0] - 100).max() > 12 and np.std(moved[:, 1]) > 5  # spread over the range
+    corner = np.array([_jitter_box((0.0, 544.0, 32.0, 576.0), 1.0, (576, 576), rng) for _ in range(200)])
+    assert corner[:, 0].min() >= 0 and corner[:, 3].max() <= 576  # never off the slide
+
+    folder, _ = mosaics
+    cfg = GlimpseTreeConfig(**TINY, strategy="supervised")
+    items = [i for i in find_slides(folder, need="annotations") if i.label == 1][:1]
+    slides = _open_slides(items, cfg, "supervised")
+    try:
+        ts = slides[0]
+        plain = _sampled_leaves(tiny_model, ts, ts.regions[0], 0, np.random.default_rng(3), cfg, 1.0)
+        jcfg = dataclasses.replace(cfg, leaf_jitter=0.5)
+        images, boxes = _sampled_leaves(tiny_model, ts, ts.regions[0], 0, np.random.default_rng(3), jcfg, 1.0)
+        edge = cfg.glimpse_size * ts.reader.downsample(cfg.levels)
+        assert len(boxes) == len(plain[1]) == 8
+        shifts = np.array(boxes)[:, :2] - np.array(plain[1])[:, :2]
+        assert np.abs(shifts).max() <= 0.5 * edge + 1e-6 and np.abs(shifts).max() > 0
+        for img, b in zip(images, boxes, strict=True):
+            assert np.array_equal(img, ts.reader.read(cfg.levels, b[0], b[1]))
+    finally:
+        for ts in slides:
+            ts.slide.close()

@@ -106,6 +106,9 @@ class GlimpseTreeConfig:
                              "policy epoch (0 = all)", min=0, max=10**6, group="training")
     policy_pos_weight: float = _f(0.0, "dense policy target: extra weight of the squared error where C's score "
                                   "is high (1 + w * score)", min=0.0, max=1000.0, group="training")
+    leaf_jitter: float = _f(0.0, "C epochs: move each policy-drawn leaf by up to this fraction of its edge in x and y "
+                            "(C learns to score tumour wherever it sits in a glimpse, as the tree's leaves are "
+                            "not on All's grid; 0 = the paper)", min=0.0, max=1.0, group="training")
     mil_tissue_min: float = _f(0.5, "MIL: leaves with less tissue than this fraction do not train C",
                                min=0.0, max=1.0, group="training")
     policy_passes: int = _f(1, "passes over the training regions per policy epoch (policy steps are cheap)",

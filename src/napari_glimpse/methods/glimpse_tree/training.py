@@ -202,12 +202,24 @@ def _sampled_leaves(model, ts, box, region, rng, config, temperature):
 
     model.policies.eval()  # sampling only: batch norm must not learn from these batches
     nodes = run_tree(model, ts.reader, box, region, rng, config.train_branching, temperature, classify=False)
-    leaves = [n for n in nodes if n.level == config.levels]
+    boxes = [n.box for n in nodes if n.level == config.levels]
+    if config.leaf_jitter > 0:
+        boxes = [_jitter_box(b, config.leaf_jitter, ts.slide.dimensions, rng) for b in boxes]
     if config.strategy == "mil":
         # MIL labels a leaf with its slide's label; a leaf of mostly glass says nothing about the
         # slide, so only leaves that are mostly tissue train C
-        leaves = [n for n in leaves if ts.tissue.fraction(*n.box) >= config.mil_tissue_min]
-    return [ts.reader.read(config.levels, n.box[0], n.box[1]) for n in leaves], [n.box for n in leaves]
+        boxes = [b for b in boxes if ts.tissue.fraction(*b) >= config.mil_tissue_min]
+    return [ts.reader.read(config.levels, b[0], b[1]) for b in boxes], boxes
+
+
+def _jitter_box(box, fraction: float, dimensions, rng) -> tuple[float, float, float, float]:
+    """``box`` moved by up to ``fraction`` of its edge in x and y (uniform), kept inside the slide."""
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    dx, dy = rng.uniform(-fraction, fraction, size=2) * (w, h)
+    nx0 = float(np.clip(x0 + dx, 0.0, max(0.0, dimensions[0] - w)))
+    ny0 = float(np.clip(y0 + dy, 0.0, max(0.0, dimensions[1] - h)))
+    return (nx0, ny0, nx0 + w, ny0 + h)
 
 
 def _validate(model, val_items, config) -> Generator:
