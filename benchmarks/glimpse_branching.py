@@ -9,6 +9,10 @@ and SD), All's AUC, and the gap tree - All with a 95 % interval from resampling 
 
     python benchmarks/glimpse_branching.py --data runs/glimpse/val --models supervised mil \\
         --branchings 2x4 4x2 --json bench-out/branching.json
+
+``--pool A.json B.json ...`` runs nothing: it joins the per-slide scores of earlier ``--json``
+runs (sets of slides from one distribution, e.g. several mosaic sets) into one set and prints the
+same table for it, so a gap is measured on all their slides at once (a narrower interval).
 """
 
 from __future__ import annotations
@@ -31,7 +35,10 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=10, help="sampling seeds 0..reps-1")
     p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples of the slides")
     p.add_argument("--json", help="write per-slide scores and the table here")
+    p.add_argument("--pool", nargs="+", metavar="JSON", help="join these --json outputs' slides; run nothing")
     args = p.parse_args(argv)
+    if args.pool:
+        return _pool(args)
 
     import torch
 
@@ -46,9 +53,7 @@ def main(argv=None) -> int:
     if len(set(y)) < 2:
         raise SystemExit(f"{args.data}: need slides of both labels in labels.csv")
     branchings = [tuple(int(v) for v in b.split("x")) for b in args.branchings]
-    rng = np.random.default_rng(0)
-    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    boots = [np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)]) for _ in range(args.boot)]
+    boots = _resamples(y, args.boot)
     out = {"data": str(args.data), "slides": len(items), "positive": int(y.sum()), "labels": y.tolist(),
            "temperature": args.temperature, "reps": args.reps, "models": {}}
     print(f"{len(items)} slides ({int(y.sum())} with tumour), T = {args.temperature}, {args.reps} seeds\n\n"
@@ -70,18 +75,64 @@ def main(argv=None) -> int:
                                 show_q=False)
                     scores[rep, k] = run_to_end(gen).slide_score
             secs = (time.perf_counter() - t0) / (args.reps * len(items))
-            aucs = [roc_auc(y, s) for s in scores]
-            gap = float(np.mean(aucs) - all_auc)
-            boot = [np.mean([roc_auc(y[ix], s[ix]) for s in scores]) - roc_auc(y[ix], all_scores[ix]) for ix in boots]
-            lo, hi = np.percentile(boot, [2.5, 97.5])
             key = "x".join(map(str, b))
-            res[key] = {"scores": scores.tolist(), "auc_mean": float(np.mean(aucs)), "auc_sd": float(np.std(aucs)),
-                        "gap": gap, "gap_ci95": [float(lo), float(hi)], "seconds_per_slide": secs}
-            print(f"| {name} | {b} | {np.mean(aucs):.4f} ± {np.std(aucs):.4f} | {all_auc:.4f} | {gap:+.3f} "
-                  f"[{lo:+.3f}, {hi:+.3f}] | {secs:.3f} ({all_s:.3f}) |", flush=True)
+            res[key] = {"scores": scores.tolist(), **_gap(y, scores, all_scores, boots), "seconds_per_slide": secs}
+            _row(name, b, res[key], all_auc, f"{secs:.3f} ({all_s:.3f})")
         out["models"][name] = res
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out) + "\n")
+    return 0
+
+
+def _resamples(y: np.ndarray, n: int) -> list[np.ndarray]:
+    """Bootstrap resamples of the slides, stratified by label (each keeps its count of positives)."""
+    rng = np.random.default_rng(0)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    return [np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)]) for _ in range(n)]
+
+
+def _gap(y, scores, all_scores, boots) -> dict:
+    """The tree's AUC over seeds (mean, SD) and its gap to All with a 95 % bootstrap interval."""
+    from napari_glimpse.runtime.training import roc_auc
+
+    aucs = [roc_auc(y, s) for s in scores]
+    gap = float(np.mean(aucs) - roc_auc(y, all_scores))
+    boot = [np.mean([roc_auc(y[ix], s[ix]) for s in scores]) - roc_auc(y[ix], all_scores[ix]) for ix in boots]
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"auc_mean": float(np.mean(aucs)), "auc_sd": float(np.std(aucs)), "gap": gap,
+            "gap_ci95": [float(lo), float(hi)]}
+
+
+def _row(name, branching, r: dict, all_auc: float, seconds: str) -> None:
+    lo, hi = r["gap_ci95"]
+    print(f"| {name} | {tuple(branching)} | {r['auc_mean']:.4f} ± {r['auc_sd']:.4f} | {all_auc:.4f} | "
+          f"{r['gap']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {seconds} |", flush=True)
+
+
+def _pool(args) -> int:
+    """One table over the slides of several earlier runs (the settings they all share)."""
+    from napari_glimpse.runtime.training import roc_auc
+
+    docs = [json.loads(Path(p).read_text()) for p in args.pool]
+    if len({(d["temperature"], d["reps"]) for d in docs}) != 1:
+        raise SystemExit("--pool: the runs differ in temperature or seeds")
+    y = np.concatenate([np.array(d["labels"]) for d in docs])
+    boots = _resamples(y, args.boot)
+    print(f"{len(y)} slides ({int(y.sum())} with tumour) from {', '.join(d['data'] for d in docs)}, "
+          f"T = {docs[0]['temperature']}, {docs[0]['reps']} seeds\n\n"
+          "| model | branching | tree AUC | All AUC | gap (95 % CI) | slides |\n|---|---|---|---|---|---|")
+    out = {"pooled_from": args.pool, "slides": len(y), "positive": int(y.sum()), "models": {}}
+    for name in [m for m in docs[0]["models"] if all(m in d["models"] for d in docs)]:
+        runs = [d["models"][name] for d in docs]
+        all_scores = np.concatenate([r["all"]["scores"] for r in runs])
+        res = {"all": {"auc": roc_auc(y, all_scores)}}
+        for key in [k for k in runs[0] if k != "all" and all(k in r for r in runs)]:
+            scores = np.concatenate([np.array(r[key]["scores"]) for r in runs], axis=1)
+            res[key] = _gap(y, scores, all_scores, boots)
+            _row(name, [int(v) for v in key.split("x")], res[key], res["all"]["auc"], str(len(y)))
+        out["models"][name] = res
+    if args.json:
         Path(args.json).write_text(json.dumps(out) + "\n")
     return 0
 
