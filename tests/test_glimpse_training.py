@@ -214,7 +214,7 @@ def test_region_image_cache_crops_what_the_reader_reads(mosaics):  # noqa: F811
 
 def test_leaf_jitter_moves_drawn_leaves_within_bounds(mosaics, tiny_model):  # noqa: F811
     # C epochs read each policy-drawn leaf moved by up to leaf_jitter of its edge, kept on the
-    # slide (the images are the moved boxes' pixels), and the same draws with 0 give the tree's leaves
+    # slide; the images are the moved boxes' pixels, compared with the same draws at jitter 0
     import dataclasses
 
     from napari_glimpse.methods.glimpse_tree.data import find_slides
