@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_glimpse.methods.backbones import SmallCNN
-from napari_glimpse.methods.celnet import MAM, CELNet, CELNetConfig, default_checkpoint
+from napari_glimpse.methods.celnet.model import MAM, CELNet, CELNetConfig
+from napari_glimpse.methods.celnet.training import default_checkpoint
 from napari_glimpse.runtime.checkpoint import config_from_checkpoint, load_checkpoint
 from napari_glimpse.runtime.cpu_memory import default_allocator, keep_freed_memory
 from napari_glimpse.runtime.training import deep_supervision_loss

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_glimpse.methods.celm import evidence_mask
-from napari_glimpse.methods.celnet_infer import infer, load_celnet
+from napari_glimpse.methods.celnet.celm import evidence_mask
+from napari_glimpse.methods.celnet.inference import infer, load_celnet
 from napari_glimpse.mosaic import CELL_SIZE, make_mosaics
 from napari_glimpse.runtime.checkpoint import edit_config
 from napari_glimpse.runtime.cpu_memory import keep_freed_memory

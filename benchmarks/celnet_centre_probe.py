@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from napari_glimpse.methods.celnet import default_checkpoint
+from napari_glimpse.methods.celnet.training import default_checkpoint
 from napari_glimpse.runtime.checkpoint import load_model
 from napari_glimpse.runtime.datasets import load_patch_folder
 from napari_glimpse.runtime.training import roc_auc

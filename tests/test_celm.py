@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_glimpse.methods.celm import (
+from napari_glimpse.methods.celnet.celm import (
     CELMParams,
     compute_celm,
     evidence_mask,
@@ -14,7 +14,7 @@ from napari_glimpse.methods.celm import (
     input_gradient,
     nms_peaks,
 )
-from napari_glimpse.methods.celnet import CELNet, CELNetConfig
+from napari_glimpse.methods.celnet.model import CELNet, CELNetConfig
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from napari_glimpse.methods.backbones import SmallCNN, resnet18, resnet34
-from napari_glimpse.methods.celnet import CELNet, CELNetConfig
+from napari_glimpse.methods.celnet.model import CELNet, CELNetConfig
 
 
 def _randomise_bn(model: torch.nn.Module, seed: int = 0) -> None:
@@ -145,7 +145,7 @@ def test_local_channel_attention_pools_a_full_window_around_each_cell():
     # window (border cells average only the cells inside the map) so dense == per patch holds.
     import torch.nn.functional as F
 
-    from napari_glimpse.methods.celnet import MAM
+    from napari_glimpse.methods.celnet.model import MAM
 
     torch.manual_seed(0)
     mam = MAM(8, 2, (3, 5), window=5).eval()
@@ -161,7 +161,7 @@ def test_local_channel_attention_pools_a_full_window_around_each_cell():
 
 @pytest.mark.parametrize("stem_stride", [1, 2])
 def test_dense_tta_equals_the_mean_over_turned_windows_with_context(stem_stride):
-    from napari_glimpse.methods.celnet_dense import iter_tile_probabilities
+    from napari_glimpse.methods.celnet.dense import iter_tile_probabilities
     from napari_glimpse.runtime.datasets import dihedral
     from napari_glimpse.runtime.events import run_to_end
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from napari_glimpse.errors import CheckpointError
-from napari_glimpse.methods.celnet import CELNet, CELNetConfig
+from napari_glimpse.methods.celnet.model import CELNet, CELNetConfig
 from napari_glimpse.runtime.checkpoint import (
     edit_config,
     load_checkpoint,

@@ -67,8 +67,9 @@ def test_training_retries_a_batch_that_runs_out_of_memory(tmp_path, pcam_patches
     on micro-batches of 2, with every patch of every batch trained on once."""
     import shutil
 
-    from napari_glimpse.methods import celnet
-    from napari_glimpse.methods.celnet import CELNetConfig, train_celnet
+    from napari_glimpse.methods.celnet import model as celnet
+    from napari_glimpse.methods.celnet.config import CELNetConfig
+    from napari_glimpse.methods.celnet.training import train_celnet
 
     for c in (0, 1):
         d = tmp_path / "train" / str(c)

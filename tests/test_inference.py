@@ -9,9 +9,9 @@ import pytest
 import torch
 from fake_slides import FakeSlide, FakeTissue
 
-from napari_glimpse.methods.celm import CELMParams
-from napari_glimpse.methods.celnet import CELNet, CELNetConfig
-from napari_glimpse.methods.celnet_infer import dense_tile_probabilities, infer_celnet
+from napari_glimpse.methods.celnet.celm import CELMParams
+from napari_glimpse.methods.celnet.model import CELNet, CELNetConfig
+from napari_glimpse.methods.celnet.inference import dense_tile_probabilities, infer_celnet
 from napari_glimpse.runtime.inference import (
     WindowGrid,
     classify_windows,
@@ -168,7 +168,7 @@ def test_cli_infer_writes_summary_maps_and_geojson(tmp_path, capsys):
     import json
 
     from napari_glimpse.cli import main
-    from napari_glimpse.methods.celnet_infer import save_celnet
+    from napari_glimpse.methods.celnet.inference import save_celnet
     from napari_glimpse.runtime.results_io import load_result
 
     ckpt = tmp_path / "tiny.safetensors"
@@ -204,7 +204,7 @@ def test_cli_infer_writes_summary_maps_and_geojson(tmp_path, capsys):
 
 
 def test_banded_features_equal_whole_features():
-    from napari_glimpse.methods.celnet_dense import count_pieces, iter_features
+    from napari_glimpse.methods.celnet.dense import count_pieces, iter_features
 
     model = tiny_celnet()
     x = torch.from_numpy(textured(148, 148, seed=3)).permute(2, 0, 1).float().div(255)[None]
@@ -224,7 +224,7 @@ def test_banded_features_equal_whole_features():
 
 
 def test_default_celnet_tile_reports_progress_many_times():
-    from napari_glimpse.methods.celnet_dense import DEFAULT_PIECE, count_pieces
+    from napari_glimpse.methods.celnet.dense import DEFAULT_PIECE, count_pieces
 
     # A 1536-px tile of the paper's CELNet took a minute on a loaded CPU: it must report
     # (and so be cancellable) dozens of times, not once.

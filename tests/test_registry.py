@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from napari_glimpse.methods import MethodSpec, get_method, list_methods, register
-from napari_glimpse.methods.celnet import CELNetConfig
+from napari_glimpse.methods.celnet.model import CELNetConfig
 from napari_glimpse.methods.registry import config_fields
 
 
@@ -87,7 +87,7 @@ def test_declared_infer_parameters_give_the_cli_flags():
 
     from napari_glimpse.cli._method_flags import add_flags, collect, infer_flags
     from napari_glimpse.methods import get_method
-    from napari_glimpse.methods.celnet_infer import CELNetInferConfig
+    from napari_glimpse.methods.celnet.inference import CELNetInferConfig
 
     spec = get_method("celnet")
     flags = {f.dest: f for f in infer_flags(spec)}

@@ -11,7 +11,8 @@ import torch
 
 from napari_glimpse.cli import main
 from napari_glimpse.errors import DatasetError
-from napari_glimpse.methods.celnet import CELNetConfig, build_model, train_celnet
+from napari_glimpse.methods.celnet.model import CELNetConfig, build_model
+from napari_glimpse.methods.celnet.training import train_celnet
 from napari_glimpse.runtime.checkpoint import load_checkpoint
 from napari_glimpse.runtime.datasets import augment_batch, load_patch_folder
 from napari_glimpse.runtime.training import last_path, roc_auc

@@ -19,7 +19,7 @@ from napari_glimpse._napari.widgets import _methods
 from napari_glimpse._napari.widgets._common import RecentCheckpoints, replace_layers
 from napari_glimpse._napari.widgets._form import ConfigForm
 from napari_glimpse._napari.widgets._inference import RECTANGLE, VIEW, shapes_box, view_box
-from napari_glimpse.methods.celnet import CELNet, CELNetConfig
+from napari_glimpse.methods.celnet.model import CELNet, CELNetConfig
 
 # Real PCam validation patches bundled with the tests (tests/data/ATTRIBUTION.md): the suite must
 # not depend on ../shared, which a clone elsewhere does not have.

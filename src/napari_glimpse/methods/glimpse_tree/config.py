@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
+
+from ...config import check, param
 
 __all__ = ["GlimpseTreeConfig", "branching_for_leaves", "BACKBONES", "POLICY_TARGETS"]
 
 BACKBONES = ("small", "resnet18", "resnet34", "inception_v3")
 POLICY_TARGETS = ("sampled", "dense", "dense-max")
-
-
-def _f(default, help: str, **meta):
-    """A dataclass field carrying help text and ranges for the CLI and the widgets."""
-    kwargs = {"default_factory": default} if callable(default) else {"default": default}
-    return field(metadata={"help": help, **meta}, **kwargs)
 
 
 def branching_for_leaves(leaves: int, levels: int) -> tuple[int, ...]:
@@ -45,87 +41,82 @@ class GlimpseTreeConfig:
     """
 
     # --- network -------------------------------------------------------------------------
-    backbone: str = _f("small", "classifier C: small (fast CPU CNN), resnet18, resnet34 or inception_v3",
-                       choices=BACKBONES, group="network")
-    classifier_width: int = _f(32, "channels of the small classifier's first stage", min=4, max=256, group="network")
-    policy_width: int = _f(8, "channels of the policy U-Nets' first stage", min=2, max=64, group="network")
+    backbone: str = param("small", "classifier C: small (fast CPU CNN), resnet18, resnet34 or inception_v3",
+                       choices=BACKBONES, advanced=True)
+    classifier_width: int = param(32, "channels of the small classifier's first stage", min=4, max=256, advanced=True)
+    policy_width: int = param(8, "channels of the policy U-Nets' first stage", min=2, max=64, advanced=True)
     # --- tree ----------------------------------------------------------------------------
-    levels: int = _f(2, "L: levels below the root (the root is level 0, leaves level L)", min=1, max=4, group="tree")
-    glimpse_size: int = _f(304, "glimpse edge in pixels at every level (multiple of level_scale)", min=16, max=1024,
-                           group="tree")
-    level_scale: int = _f(4, "resolution factor between consecutive levels", min=2, max=8, group="tree")
+    levels: int = param(2, "L: levels below the root (the root is level 0, leaves level L)", min=1, max=4, advanced=True)
+    glimpse_size: int = param(304, "glimpse edge in pixels at every level (multiple of level_scale)", min=16, max=1024, advanced=True)
+    level_scale: int = param(4, "resolution factor between consecutive levels", min=2, max=8, advanced=True)
     # --- inference -----------------------------------------------------------------------
-    branching: tuple[int, ...] = _f((2, 4), "children per glimpse at each non-final level; N_G = product",
-                                    group="inference")
-    temperature: float = _f(0.05, "Boltzmann temperature T at test time (T -> 0 takes the maximum)",
+    branching: tuple[int, ...] = param((2, 4), "children per glimpse at each non-final level; N_G = product", group="inference")
+    temperature: float = param(0.05, "Boltzmann temperature T at test time (T -> 0 takes the maximum)",
                             min=1e-4, max=100.0, group="inference")
-    seed: int = _f(0, "seed of the glimpse sampling (same seed, same glimpses)", min=0, max=2**31 - 1,
-                   group="inference")
-    dense: bool = _f(False, "the 'All' baseline: classify every leaf-sized tile of the regions instead",
-                     group="inference")
-    tissue: str = _f("otsu", "tissue mask: otsu (saturation) or grey (MagNets' grey filter)",
+    seed: int = param(0, "seed of the glimpse sampling (same seed, same glimpses)", min=0, max=2**31 - 1, group="inference")
+    dense: bool = param(False, "the 'All' baseline: classify every leaf-sized tile of the regions instead", group="inference")
+    tissue: str = param("otsu", "tissue mask: otsu (saturation) or grey (MagNets' grey filter)",
                      choices=("otsu", "grey"), group="inference")
-    tissue_size: int = _f(256, "tissue mask long side in pixels (computed on a low-resolution level)",
+    tissue_size: int = param(256, "tissue mask long side in pixels (computed on a low-resolution level)",
                           min=16, max=8192, group="inference")
-    tissue_min: float = _f(0.0, "'All': skip leaf tiles with less tissue than this fraction "
+    tissue_min: float = param(0.0, "'All': skip leaf tiles with less tissue than this fraction "
                            "(0 classifies every tile of the regions, the paper's All)",
                            min=0.0, max=1.0, group="inference")
-    child_inside_min: float = _f(1.0, "draw children only where at least this fraction of the child's box lies "
+    child_inside_min: float = param(1.0, "draw children only where at least this fraction of the child's box lies "
                                  "inside the slide (lowered to the best reachable when no child can)",
                                  min=0.0, max=1.0, group="inference")
-    child_tissue_min: float = _f(0.25, "draw children only where at least this fraction of the child's box is "
+    child_tissue_min: float = param(0.25, "draw children only where at least this fraction of the child's box is "
                                  "tissue (ignored where no child reaches it; 0 = off)",
                                  min=0.0, max=1.0, group="inference")
     # --- data / resolution ---------------------------------------------------------------
-    mpp: float = _f(0.972, "working resolution (leaf glimpses) in um/px", min=0.05, max=20.0, group="data")
-    leaf_positive_fraction: float = _f(
+    mpp: float = param(0.972, "working resolution (leaf glimpses) in um/px", min=0.05, max=20.0)
+    leaf_positive_fraction: float = param(
         0.02, "supervised: a leaf glimpse is positive when this fraction of it is annotated tumour",
-        min=0.0, max=1.0, group="data")
+        min=0.0, max=1.0)
     # --- training ------------------------------------------------------------------------
-    strategy: str = _f("supervised", "supervised (pixel annotations) or mil (slide labels only)",
-                       choices=("supervised", "mil"), group="training")
-    epochs: int = _f(24, "training epochs (warm-up included)", min=1, max=10000, group="training")
-    warmup_epochs: int = _f(4, "epochs of C alone on uniformly sampled glimpses before alternating C / P",
-                            min=0, max=10000, group="training")
-    warmup_glimpses: int = _f(600, "uniformly sampled glimpses per class for the warm-up",
-                              min=2, max=100000, group="training")
-    lr: float = _f(1e-3, "initial learning rate (Adam)", min=1e-7, max=10.0, group="training")
-    lr_decay: float = _f(0.1, "learning-rate factor every lr_decay_steps steps", min=0.0, max=1.0, group="training")
-    lr_decay_steps: int = _f(1000, "optimizer steps between learning-rate decays", min=1, max=10**7, group="training")
-    weight_decay: float = _f(1e-4, "L2 weight decay", min=0.0, max=1.0, group="training")
-    batch_size: int = _f(16, "glimpses per classifier step", min=1, max=4096, group="training")
-    train_branching: tuple[int, ...] = _f((2, 4), "branching while training (leaves drawn per region)",
-                                          group="training")
-    policy_branching: tuple[int, ...] = _f((4, 8), "branching in policy epochs: more trajectories per region "
-                                           "for eq. 5 (leaves are only scored, not trained)", group="training")
-    policy_target: str = _f("sampled", "policy loss: sampled (eq. 5 at the drawn centres, the paper), dense "
+    strategy: str = param("supervised", "supervised (pixel annotations) or mil (slide labels only)",
+                       choices=("supervised", "mil"))
+    epochs: int = param(24, "training epochs (warm-up included)", min=1, max=10000)
+    warmup_epochs: int = param(4, "epochs of C alone on uniformly sampled glimpses before alternating C / P",
+                            min=0, max=10000)
+    warmup_glimpses: int = param(600, "uniformly sampled glimpses per class for the warm-up",
+                              min=2, max=100000)
+    lr: float = param(1e-3, "initial learning rate (Adam)", min=1e-7, max=10.0)
+    lr_decay: float = param(0.1, "learning-rate factor every lr_decay_steps steps", min=0.0, max=1.0)
+    lr_decay_steps: int = param(1000, "optimizer steps between learning-rate decays", min=1, max=10**7)
+    weight_decay: float = param(1e-4, "L2 weight decay", min=0.0, max=1.0)
+    batch_size: int = param(16, "glimpses per classifier step", min=1, max=4096)
+    train_branching: tuple[int, ...] = param((2, 4), "branching while training (leaves drawn per region)")
+    policy_branching: tuple[int, ...] = param((4, 8), "branching in policy epochs: more trajectories per region "
+                                           "for eq. 5 (leaves are only scored, not trained)")
+    policy_target: str = param("sampled", "policy loss: sampled (eq. 5 at the drawn centres, the paper), dense "
                             "(q pixel-wise against C's scores on all leaf tiles) or dense-max (eq. 1: K * q at "
                             "every centre against the best leaf score inside that child)",
-                            choices=POLICY_TARGETS, group="training")
-    policy_regions: int = _f(0, "dense policy target: C's score maps of at most this many random regions per "
-                             "policy epoch (0 = all)", min=0, max=10**6, group="training")
-    policy_pos_weight: float = _f(0.0, "dense policy target: extra weight of the squared error where C's score "
-                                  "is high (1 + w * score)", min=0.0, max=1000.0, group="training")
-    leaf_jitter: float = _f(0.0, "C epochs: move each policy-drawn leaf by up to this fraction of its edge in x and y "
+                            choices=POLICY_TARGETS)
+    policy_regions: int = param(0, "dense policy target: C's score maps of at most this many random regions per "
+                             "policy epoch (0 = all)", min=0, max=10**6)
+    policy_pos_weight: float = param(0.0, "dense policy target: extra weight of the squared error where C's score "
+                                  "is high (1 + w * score)", min=0.0, max=1000.0)
+    leaf_jitter: float = param(0.0, "C epochs: move each policy-drawn leaf by up to this fraction of its edge in x and y "
                             "(C learns to score tumour wherever it sits in a glimpse, as the tree's leaves are "
-                            "not on All's grid; 0 = the paper)", min=0.0, max=1.0, group="training")
-    mil_tissue_min: float = _f(0.5, "MIL: leaves with less tissue than this fraction do not train C",
-                               min=0.0, max=1.0, group="training")
-    policy_passes: int = _f(1, "passes over the training regions per policy epoch (policy steps are cheap)",
-                            min=1, max=100, group="training")
-    temperature_start: float = _f(1.0, "training temperature at the first alternating epoch (near uniform)",
-                                  min=1e-4, max=100.0, group="training")
-    temperature_decay: float = _f(0.75, "training temperature factor per epoch", min=0.01, max=1.0, group="training")
-    temperature_min: float = _f(0.05, "lowest training temperature", min=1e-4, max=100.0, group="training")
-    augment: bool = _f(True, "random 90-degree rotations and flips of classifier glimpses", group="training")
-    train_classifier: bool = _f(True, "alternate C and policy epochs; off: every epoch trains the policies only, "
-                                "C frozen (fine-tune the policies of a trained model given with init)",
-                                group="training")
-    val_seeds: int = _f(1, "validation: the tree's slide AUC averaged over this many sampling seeds "
+                            "not on All's grid; 0 = the paper)", min=0.0, max=1.0)
+    mil_tissue_min: float = param(0.5, "MIL: leaves with less tissue than this fraction do not train C",
+                               min=0.0, max=1.0)
+    policy_passes: int = param(1, "passes over the training regions per policy epoch (policy steps are cheap)",
+                            min=1, max=100)
+    temperature_start: float = param(1.0, "training temperature at the first alternating epoch (near uniform)",
+                                  min=1e-4, max=100.0)
+    temperature_decay: float = param(0.75, "training temperature factor per epoch", min=0.01, max=1.0)
+    temperature_min: float = param(0.05, "lowest training temperature", min=1e-4, max=100.0)
+    augment: bool = param(True, "random 90-degree rotations and flips of classifier glimpses")
+    train_classifier: bool = param(True, "alternate C and policy epochs; off: every epoch trains the policies only, "
+                                "C frozen (fine-tune the policies of a trained model given with init)")
+    val_seeds: int = param(1, "validation: the tree's slide AUC averaged over this many sampling seeds "
                         "(one seed's AUC on a few slides is noisy, and picking the best epoch on it overfits)",
-                        min=1, max=100, group="training")
+                        min=1, max=100)
 
     def __post_init__(self):
+        check(self)
         for name in ("branching", "train_branching", "policy_branching"):
             value = getattr(self, name)
             value = (value,) if isinstance(value, int) else tuple(int(v) for v in value)
@@ -133,22 +124,6 @@ class GlimpseTreeConfig:
                 raise ValueError(f"GlimpseTreeConfig.{name} needs {self.levels} positive counts "
                                  f"(one per non-final level), got {value}")
             setattr(self, name, value)
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"GlimpseTreeConfig.backbone must be one of {BACKBONES}, got {self.backbone!r}")
-        if self.strategy not in ("supervised", "mil"):
-            raise ValueError(f"GlimpseTreeConfig.strategy must be supervised or mil, got {self.strategy!r}")
-        if self.policy_target not in POLICY_TARGETS:
-            raise ValueError(f"GlimpseTreeConfig.policy_target must be one of {POLICY_TARGETS}, "
-                             f"got {self.policy_target!r}")
-        if self.tissue not in ("otsu", "grey"):
-            raise ValueError(f"GlimpseTreeConfig.tissue must be otsu or grey, got {self.tissue!r}")
-        for f_ in fields(self):
-            lo, hi = f_.metadata.get("min"), f_.metadata.get("max")
-            value = getattr(self, f_.name)
-            if value is None or isinstance(value, (tuple, bool, str)):
-                continue
-            if (lo is not None and value < lo) or (hi is not None and value > hi):
-                raise ValueError(f"GlimpseTreeConfig.{f_.name}={value} is outside [{lo}, {hi}]")
         if self.glimpse_size % self.level_scale:
             raise ValueError(f"GlimpseTreeConfig.glimpse_size={self.glimpse_size} must be a multiple of "
                              f"level_scale={self.level_scale}")

@@ -25,13 +25,12 @@ import math
 import os
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from ..results import InferenceResult, SlideMap, SlidePoints
-from ..runtime.inference import (
+from ...results import InferenceResult, SlideMap, SlidePoints
+from ...runtime.inference import (
     RunStats,
     WindowGrid,
     batched,
@@ -43,8 +42,8 @@ from ..runtime.inference import (
     working_grid,
 )
 from .celm import CELMParams, compute_celm, evidence_mask, nms_peaks
-from .celnet import CELNetConfig
-from .celnet_dense import count_pieces, default_piece, iter_tile_probabilities, to_tensor
+from .config import CELNetConfig, CELNetInferConfig  # noqa: F401
+from .dense import count_pieces, default_piece, iter_tile_probabilities, to_tensor
 
 _to_tensor = to_tensor
 
@@ -62,49 +61,6 @@ class _CELMBatch:
         if not self.fixed and windows:
             fit = int(self.target * windows / max(seconds, 1e-6))
             self.size = max(1, min(self.largest, 2 * self.size, fit))
-
-
-def _config_field(name: str, **meta):
-    """A field with the default, help and range of CELNetConfig's ``name`` (one source);
-    ``from_checkpoint``: left unset, ``infer`` takes the checkpoint config's value."""
-    f = next(f for f in dataclasses.fields(CELNetConfig) if f.name == name)
-    return field(default=f.default, metadata={**f.metadata, "from_checkpoint": True, **meta})
-
-
-def _opt(default, help: str, **meta):
-    return field(default=default, metadata={"help": help, "group": "inference", **meta})
-
-
-@dataclass
-class CELNetInferConfig:
-    """The parameters of a CELNet slide run (the "Run model" form and ``infer celnet`` flags).
-
-    The CELM / threshold fields override the checkpoint config's values when given.
-    """
-
-    stride: int = _opt(
-        32, "px between windows at the working resolution (multiple of the model's stride: 4, or 8 with stem_stride 2)",
-        min=4, max=1024,
-    )
-    tile_size: int = _opt(1536, "tile input px, context included (bounds memory; smaller regions "
-                                "get smaller tiles)", min=128, max=8192)
-    batch_size: int = _opt(1, "tiles per forward pass", min=1, max=64)
-    tissue: str = _opt("otsu", "tissue detection; tiles without tissue are skipped",
-                       choices=("otsu", "grey", "none"))
-    celm: bool = _opt(True, "CELM evidence map, mask and peaks (needs gradients: slower)")
-    tta: bool = _opt(False, "average the probability map over the 8 rotations / flips of every window (8x the "
-                            "feature cost; what evaluate --tta measures)")
-    celm_batch: int = _opt(0, "windows per CELM pass (0: as many as take about a second)", min=0, max=1024)
-    evidence_cell: int = _opt(8, "working px per evidence-map cell", min=1, max=96)
-    threshold: float = _config_field("threshold")
-    celm_a: float = _config_field("celm_a")
-    celm_b: float = _config_field("celm_b")
-    evidence_threshold: float = _config_field("evidence_threshold")
-    saliency_sigma: float = _config_field("saliency_sigma")
-    mask_sigma: float = _opt(1.0, "Gaussian smoothing (evidence cells) before thresholding", min=0.0, max=20.0)
-    nms_min_distance: float = _opt(3.0, "peaks closer than this (map cells) to a stronger one are dropped",
-                                   min=0.0, max=1000.0)
-    nms_max_peaks: int = _opt(100, "at most this many tumour peaks", min=0, max=100000)
 
 
 def tile_cells_for(model, stride: int, tile_size: int, shape: tuple[int, int] | None = None) -> int:
@@ -218,7 +174,7 @@ def infer_celnet(
     InferenceResult
     """
     if isinstance(slide, (str, os.PathLike)):
-        from ..slides import open_slide
+        from ...slides import open_slide
 
         with open_slide(slide) as opened:
             return (yield from infer_celnet(
@@ -237,7 +193,7 @@ def infer_celnet(
     grid = working_grid(slide, model.config.mpp, region)
     windows = WindowGrid(grid, patch, stride)
     if isinstance(tissue, str):
-        from ..slides.tissue import tissue_mask
+        from ...slides.tissue import tissue_mask
 
         tissue = tissue_mask(slide, method=tissue)
     on = tissue_on_cells(windows, tissue)
@@ -408,9 +364,9 @@ def infer(
 def load_celnet(checkpoint=None, device=None):
     """(model in eval mode on ``device``, checkpoint path) from a checkpoint file, or from
     the registry's default checkpoint when ``checkpoint`` is None. Never unpickles."""
-    from ..errors import CheckpointError
-    from ..runtime.checkpoint import load_model
-    from .celnet import default_checkpoint
+    from ...errors import CheckpointError
+    from ...runtime.checkpoint import load_model
+    from .training import default_checkpoint
 
     if device in (None, "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -429,6 +385,6 @@ def load_model(checkpoint=None, device=None):
 
 def save_celnet(model, path) -> None:
     """Save a CELNet as a napari-glimpse checkpoint (what :func:`load_celnet` reads)."""
-    from ..runtime.checkpoint import save_checkpoint
+    from ...runtime.checkpoint import save_checkpoint
 
     save_checkpoint(path, method="celnet", config=model.config, model_state=model.state_dict())

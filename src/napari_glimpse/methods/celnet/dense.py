@@ -132,7 +132,7 @@ def iter_tile_probabilities(model, tiles: np.ndarray, tile_cells: int, stride: i
     lattice window, and cell (r, c) is the mean over the 8 turns of that window with its
     context -- what ``evaluate --tta`` computes for a bare patch.
     """
-    from ..runtime.datasets import dihedral, dihedral_inverse
+    from ...runtime.datasets import dihedral, dihedral_inverse
 
     m = model.context_margin
     device = next(model.parameters()).device

@@ -51,115 +51,18 @@ Consequences, which both paths must respect:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CELNet", "CELNetConfig", "build_model", "default_checkpoint", "train_celnet", "evaluate_celnet"]
+from .config import CELNetConfig
+
+__all__ = ["CELNet", "CELNetConfig", "MAM", "build_model"]
 
 # ImageNet-like RGB statistics; the network takes float RGB in [0, 1] and normalises itself, so
 # every caller (training, dense inference, CELM) feeds the same thing.
 _MEAN = (0.70, 0.55, 0.70)
 _STD = (0.20, 0.25, 0.20)
-
-
-def _f(default, help: str, **meta):
-    """A dataclass field carrying help text and ranges for the CLI and the widgets."""
-    kwargs = {"default_factory": default} if callable(default) else {"default": default}
-    return field(metadata={"help": help, **meta}, **kwargs)
-
-
-@dataclass
-class CELNetConfig:
-    """Everything that defines a CELNet model, its training and its slide inference.
-
-    Defaults are the paper's (PCam, 10x); every field is validated in ``__post_init__``.
-    """
-
-    # --- network -------------------------------------------------------------------------
-    widths: tuple[int, ...] = _f((16, 32, 64), "channels of the three MA-ResModules", group="network")
-    blocks: int = _f(3, "building blocks per MA-ResModule", min=1, max=8, group="network")
-    stem_stride: int = _f(
-        1,
-        "stride of the 3x3 head conv: 1 as in the paper; 2 runs the modules at half resolution, "
-        "a quarter of the positions to compute (how the shipped CPU model affords the paper's 3 blocks)",
-        min=1,
-        max=2,
-        group="network",
-    )
-    reduction: int = _f(4, "channel-attention bottleneck reduction", min=1, max=64, group="network")
-    spatial_kernels: tuple[int, ...] = _f(
-        (3, 5, 7), "kernel sizes of the spatial-attention branches (odd)", group="network"
-    )
-    channel_window: int | None = _f(
-        7,
-        "channel-attention pooling window in cells (odd); None = global pooling as in the "
-        "paper, which makes dense slide inference inexact",
-        min=1,
-        max=99,
-        group="network",
-    )
-    # --- training ------------------------------------------------------------------------
-    aux_loss_weight: float = _f(0.5, "weight of each companion (deep-supervision) loss", min=0.0, max=10.0, group="training")
-    weight_decay: float = _f(1e-5, "L2 regularisation (SGD weight decay)", min=0.0, max=1.0, group="training")
-    lr: float = _f(1e-4, "initial learning rate", min=1e-7, max=10.0, group="training")
-    momentum: float = _f(0.9, "SGD Nesterov momentum", min=0.0, max=0.999, group="training")
-    lr_milestones: tuple[float, ...] = _f(
-        (0.5, 0.75), "fractions of the epochs at which the learning rate is multiplied by lr_gamma", group="training"
-    )
-    lr_gamma: float = _f(0.5, "learning-rate factor at each milestone", min=0.0, max=1.0, group="training")
-    batch_size: int = _f(64, "training batch size", min=1, max=4096, group="training")
-    epochs: int = _f(100, "training epochs", min=1, max=10000, group="training")
-    augment: bool = _f(True, "random 90-degree rotations and flips during training", group="training")
-    color_jitter: float = _f(
-        0.0,
-        "strength of random stain / colour jitter during training (0 = off, the paper's "
-        "rotations and flips only; ~0.1 helps across slides)",
-        min=0.0,
-        max=1.0,
-        group="training",
-    )
-    # --- data / resolution ---------------------------------------------------------------
-    patch_size: int = _f(96, "input patch size in pixels (multiple of 4 x stem_stride)", min=16, max=1024, group="data")
-    mpp: float = _f(0.972, "working resolution in um/px (PCam is 10x, 0.972 um/px)", min=0.05, max=20.0, group="data")
-    # --- slide inference / CELM (used by the inference code) ------------------------------
-    threshold: float = _f(0.5, "tumour probability threshold", min=0.0, max=1.0, group="inference")
-    celm_a: float = _f(0.5, "CELM: weight of CAM3 against CAM2 (a)", min=0.0, max=1.0, group="inference")
-    celm_b: float = _f(0.5, "CELM: weight of CAM x saliency against CAM (b)", min=0.0, max=1.0, group="inference")
-    evidence_threshold: float = _f(0.5, "CELM threshold for the evidence mask", min=0.0, max=1.0, group="inference")
-    saliency_sigma: float = _f(2.0, "Gaussian smoothing of the saliency map (px)", min=0.0, max=50.0, group="inference")
-
-    def __post_init__(self):
-        for name in ("widths", "spatial_kernels", "lr_milestones"):
-            value = getattr(self, name)
-            if isinstance(value, (int, float)):
-                value = (value,)
-            setattr(self, name, tuple(value))
-        if len(self.widths) != 3 or any(int(w) != w or w < 1 for w in self.widths):
-            raise ValueError(f"CELNetConfig.widths must be three positive integers, got {self.widths}")
-        self.widths = tuple(int(w) for w in self.widths)
-        if not self.spatial_kernels or any(k < 1 or k % 2 == 0 for k in self.spatial_kernels):
-            raise ValueError(f"CELNetConfig.spatial_kernels must be odd and positive, got {self.spatial_kernels}")
-        if self.channel_window is not None and (self.channel_window < 1 or self.channel_window % 2 == 0):
-            raise ValueError(f"CELNetConfig.channel_window must be odd and positive or None, got {self.channel_window}")
-        if self.patch_size % (4 * self.stem_stride):
-            raise ValueError(
-                f"CELNetConfig.patch_size must be a multiple of {4 * self.stem_stride} "
-                f"(4 x stem_stride), got {self.patch_size}"
-            )
-        if any(not 0.0 < m < 1.0 for m in self.lr_milestones):
-            raise ValueError(f"CELNetConfig.lr_milestones must lie in (0, 1), got {self.lr_milestones}")
-        for f_ in fields(self):
-            lo, hi = f_.metadata.get("min"), f_.metadata.get("max")
-            value = getattr(self, f_.name)
-            if value is None or isinstance(value, (tuple, bool)):
-                continue
-            if (lo is not None and value < lo) or (hi is not None and value > hi):
-                raise ValueError(f"CELNetConfig.{f_.name}={value} is outside [{lo}, {hi}]")
-        if any(w // self.reduction < 1 for w in self.widths):
-            raise ValueError(f"CELNetConfig.reduction={self.reduction} leaves no channels for width {min(self.widths)}")
 
 
 class MAM(nn.Module):
@@ -363,74 +266,3 @@ class CELNet(nn.Module):
 def build_model(config: CELNetConfig | None = None) -> CELNet:
     """Build an untrained CELNet (the registry's ``build_model``)."""
     return CELNet(config or CELNetConfig())
-
-
-# --- registry glue: training, evaluation, shipped weights ------------------------------------
-_SHIPPED = "celnet_pcam.safetensors"
-
-
-def default_checkpoint() -> str | None:
-    """The shipped PCam-trained checkpoint, or None when the package was built without it."""
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "_sample_data" / "weights" / _SHIPPED
-    return str(path) if path.is_file() else None
-
-
-def train_celnet(
-    train_dir,
-    out,
-    *,
-    val_dir=None,
-    config: CELNetConfig | None = None,
-    resume: bool = False,
-    device: str | None = "auto",
-    seed: int = 0,
-    workers: int = 0,
-    epochs: int | None = None,
-    lr: float | None = None,
-    batch_size: int | None = None,
-    epoch_size: int | None = None,
-    val_limit: int | None = None,
-    init=None,
-    **_ignored,
-):
-    """Train CELNet on patch folders (``0/`` normal, ``1/`` tumour); yields Progress, returns ``out``.
-
-    ``epochs``, ``lr`` and ``batch_size`` override the config; ``init`` starts from a CELNet
-    checkpoint's weights (fine-tuning). See :func:`napari_glimpse.runtime.training.train` for
-    the files written and ``resume``.
-    """
-    import dataclasses
-
-    from ..runtime.training import train
-
-    config = config or CELNetConfig()
-    overrides = {k: v for k, v in {"epochs": epochs, "lr": lr, "batch_size": batch_size}.items() if v is not None}
-    if overrides:
-        config = dataclasses.replace(config, **overrides)
-    return (yield from train(
-        "celnet", config, build_model, train_dir, out, val_dir=val_dir, resume=resume,
-        device=device or "auto", seed=seed, workers=workers, epoch_size=epoch_size, val_limit=val_limit,
-        init=init,
-    ))
-
-
-def evaluate_celnet(data_dir, checkpoint=None, *, device: str | None = "auto", batch_size: int = 128,
-                    workers: int = 0, limit: int | None = None, tta: bool = False, **_ignored):
-    """Accuracy / AUC / loss of a checkpoint (default: the shipped one) on a patch folder.
-
-    ``tta`` averages each patch's 8 rotations / flips. Yields Progress; returns
-    ``{"n", "accuracy", "auc", "loss", "tta", "checkpoint"}``.
-    """
-    from ..errors import CheckpointError
-    from ..runtime.checkpoint import load_model
-    from ..runtime.training import evaluate
-
-    checkpoint = checkpoint or default_checkpoint()
-    if checkpoint is None:
-        raise CheckpointError("no checkpoint given and no shipped CELNet checkpoint is installed")
-    model = load_model(checkpoint, method="celnet")
-    metrics = yield from evaluate(model, data_dir, device=device or "auto", batch_size=batch_size,
-                                  workers=workers, limit=limit, threshold=model.config.threshold, tta=tta)
-    return {**metrics, "checkpoint": str(checkpoint)}
