@@ -24,7 +24,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["param", "check", "fields_of", "FieldInfo", "config_from_dict", "config_dict"]
+__all__ = ["param", "same_as", "check", "fields_of", "FieldInfo", "config_from_dict", "config_dict"]
 
 
 def param(default: Any, help: str, *, min: float | None = None, max: float | None = None,
@@ -52,6 +52,17 @@ def param(default: Any, help: str, *, min: float | None = None, max: float | Non
     return dataclasses.field(default=default, metadata=meta)
 
 
+def same_as(cls: type, name: str, **changes) -> Any:
+    """A field with the default, help, range and choices of ``cls``'s field ``name`` (one
+    source): an inference field that the checkpoint's training field of that name sets.
+    ``changes`` override metadata (e.g. ``advanced=False``); ``group`` is cleared."""
+    f = next((f for f in dataclasses.fields(cls) if f.name == name), None)
+    if f is None:
+        raise AttributeError(f"{cls.__name__} has no field {name!r}")
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    return dataclasses.field(default=default, metadata={**f.metadata, "group": "", "from_checkpoint": True, **changes})
+
+
 @dataclass(frozen=True)
 class FieldInfo:
     """What a form or a flag needs to know about one config field."""
@@ -65,6 +76,7 @@ class FieldInfo:
     choices: tuple | None
     advanced: bool
     group: str
+    from_checkpoint: bool = False  # declared with same_as: the checkpoint's value unless given
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -89,7 +101,8 @@ def fields_of(cls_or_config) -> list[FieldInfo]:
             default = None
         out.append(FieldInfo(f.name, hints.get(f.name, f.type), default, meta.get("help", ""),
                              meta.get("min"), meta.get("max"), meta.get("choices"),
-                             bool(meta.get("advanced", False)), meta.get("group", "")))
+                             bool(meta.get("advanced", False)), meta.get("group", ""),
+                             bool(meta.get("from_checkpoint", False))))
     return out
 
 

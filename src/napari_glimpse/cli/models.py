@@ -1,147 +1,101 @@
 """``napari-glimpse train METHOD ...`` and ``napari-glimpse evaluate METHOD ...``.
 
-Methods come from the registry; ``infer`` lives in :mod:`.infer`.
+One sub-command per registered method; its flags come from the method's training config
+(``train``) or inference config (``evaluate``), see :mod:`._method_flags`. ``infer`` lives in
+:mod:`.infer`.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 
 
 def add_parsers(subparsers) -> None:
-    add_train_parser(subparsers)
-    add_evaluate_parser(subparsers)
+    from ..methods import get_method, list_methods
+    from ..methods.registry import DATA_KINDS
+    from ._method_flags import add_config_flags
+
+    train = subparsers.add_parser("train", help="train a registered method (checkpoint per epoch, --resume)")
+    train_methods = train.add_subparsers(dest="method", metavar="METHOD")
+    evaluate = subparsers.add_parser("evaluate", help="metrics of a checkpoint on labelled data (JSON on stdout)")
+    eval_methods = evaluate.add_subparsers(dest="method", metavar="METHOD")
+    for name in list_methods():
+        spec = get_method(name)
+        what, val_what, layout = DATA_KINDS[spec.data]
+        if spec.train is not None:
+            p = train_methods.add_parser(name, help=spec.title, description=spec.title)
+            p.add_argument("--data", required=True, help=f"{what}: {layout}")
+            p.add_argument("--val", help=f"{val_what} (same layout); selects the best epoch")
+            p.add_argument("--out", required=True,
+                           help="best checkpoint (.safetensors); the latest epoch goes to <stem>.last.safetensors")
+            p.add_argument("--resume", action="store_true", help="continue from <stem>.last.safetensors")
+            p.add_argument("--init", metavar="CKPT",
+                           help="start from this checkpoint's weights and config (same method and architecture) "
+                                "with a fresh optimizer and schedule: fine-tuning"
+                                + (f"; or a shipped one: {', '.join(spec.weights)}" if spec.weights else ""))
+            p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, ...")
+            p.add_argument("--seed", type=int, default=0)
+            p.add_argument("--threads", type=int, help="torch CPU threads")
+            names = add_config_flags(p, spec.train_config_cls, skip=lambda info: info.group == "inference")
+            p.set_defaults(func=train_cmd, config_flags=names)
+        if spec.evaluate is not None:
+            p = eval_methods.add_parser(name, help=spec.title, description=spec.title)
+            p.add_argument("--data", required=True, help=f"labelled data: {layout}")
+            p.add_argument("--checkpoint", help="checkpoint file"
+                           + (f" or a shipped one: {', '.join(spec.weights)} (default {next(iter(spec.weights))})"
+                              if spec.weights else ""))
+            p.add_argument("--device", default="auto")
+            p.add_argument("--limit", type=int, default=0, help="evaluate the first N items only")
+            p.add_argument("--threads", type=int, help="torch CPU threads")
+            names = add_config_flags(p, spec.infer_config_cls)
+            p.set_defaults(func=evaluate_cmd, config_flags=names)
 
 
-def _method_names() -> list[str]:
-    from ..methods import list_methods
+def training_config(spec, flags: dict, *, init=None, resume_from=None):
+    """The training config of a run: the config stored in ``resume_from`` (resuming) or in
+    ``init`` (fine-tuning), else the paper defaults; then the flags.
 
-    return list_methods()
-
-
-def add_train_parser(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train a model on patch folders (0/ normal, 1/ tumour)")
-    p.add_argument("method", choices=_method_names(), help="registered method")
-    p.add_argument("--data", required=True, help="training patch folder with class sub-folders 0/ and 1/")
-    p.add_argument("--val", help="validation patch folder (same layout); selects the best epoch")
-    p.add_argument("--out", required=True, help="best checkpoint (.safetensors); the latest epoch goes to <stem>.last.safetensors")
-    p.add_argument("--epochs", type=int, help="epochs (default: the method's config)")
-    p.add_argument("--lr", type=float, help="initial learning rate (default: the method's config)")
-    p.add_argument("--batch-size", type=int, help="batch size (default: the method's config)")
-    p.add_argument("--epoch-size", type=int, help="patches drawn per epoch (default: all)")
-    p.add_argument("--val-limit", type=int, help="validate on a stratified subset of this many patches")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override any config field, e.g. --set blocks=1 (JSON values)")
-    p.add_argument("--resume", action="store_true", help="continue from <stem>.last.safetensors")
-    p.add_argument("--init", metavar="CKPT", help="start from this checkpoint's weights (same method and "
-                   "architecture) with a fresh optimizer and schedule: fine-tuning")
-    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, ...")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0, help="image decoding threads")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    _add_method_flags(p, "train")
-    p.set_defaults(func=train_cmd)
-
-
-def add_evaluate_parser(subparsers) -> None:
-    p = subparsers.add_parser("evaluate", help="accuracy and AUC of a checkpoint on a patch folder (JSON on stdout)")
-    p.add_argument("method", choices=_method_names(), help="registered method")
-    p.add_argument("--data", required=True, help="patch folder with class sub-folders 0/ and 1/")
-    p.add_argument("--checkpoint", help="checkpoint (default: the shipped one)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--limit", type=int, help="evaluate a stratified subset of this many patches")
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    _add_method_flags(p, "evaluate")
-    p.set_defaults(func=evaluate_cmd)
-
-
-def _method_flags(spec, command: str):
-    """Method-specific flags: training declares config fields in ``extra["cli_train_flags"]``;
-    evaluation takes the inference parameters that ``spec.evaluate`` accepts."""
-    from ._method_flags import config_flags, infer_flags
-
-    if command == "train":
-        return config_flags(spec, (spec.extra or {}).get("cli_train_flags", ()))
-    return infer_flags(spec, spec.evaluate) if spec.evaluate is not None else []
-
-
-def _add_method_flags(parser, command: str) -> None:
-    from ..methods import get_method
-    from ._method_flags import add_flags
-
-    seen: set = set()
-    for name in _method_names():
-        add_flags(parser, _method_flags(get_method(name), command), seen)
-
-
-def _config_from_args(spec, overrides: list[str]):
-    import dataclasses
-
-    from ..errors import GlimpseError
-
-    names = {f.name for f in dataclasses.fields(spec.config_cls)}
-    values = {}
-    for item in overrides:
-        name, sep, raw = item.partition("=")
-        if not sep or name not in names:
-            raise GlimpseError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(names)}")
-        try:
-            values[name] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[name] = raw
-    try:
-        return spec.config_cls(**values)
-    except (TypeError, ValueError) as exc:
-        raise GlimpseError(f"invalid {spec.name} config: {exc}") from exc
-
-
-def _drive(gen, quiet: bool = False):
-    """Run a progress generator to its result; epoch summaries on stdout, the rest on stderr.
-
-    Under torchrun only rank 0 prints.
+    Raises
+    ------
+    GlimpseError
+        A value the config refuses (the message names the field).
     """
-    from ..runtime.distributed import is_main_process
+    from ..config import config_dict, config_from_dict
+    from ..errors import GlimpseError
+    from ..runtime.checkpoint import read_header
 
-    quiet = quiet or not is_main_process()
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if quiet:
-            continue
-        if ev.stage in ("epoch", "resume"):
-            print(str(ev), flush=True)
-        elif ev.stage in ("train", "validate", "evaluate", "load") and (ev.done == ev.total or ev.done % 20 == 0):
-            print(str(ev), file=sys.stderr, flush=True)
+    cls = spec.train_config_cls
+    base: dict = {}
+    source = resume_from if resume_from is not None else init
+    if source is not None:
+        stored = read_header(source, expected_method=spec.name).get("config", {})
+        base = {k: v for k, v in stored.items() if k in {f for f in config_dict(cls())}}
+    try:
+        return config_from_dict(cls, {**base, **flags}, where=spec.name)
+    except ValueError as exc:
+        raise GlimpseError(str(exc)) from None
 
 
 def train_cmd(args) -> int:
     import torch
 
     from ..methods import get_method
+    from ..methods.registry import resolve_checkpoint
+    from ..runtime.distributed import is_main_process
+    from ..runtime.training import last_path  # TODO(merge): runtime.fit
+    from ._method_flags import collect
+    from ._progress import drive
 
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = get_method(args.method)
-    config = _config_from_args(spec, args.set)
-    from ._method_flags import collect
-
-    chosen = collect(args, _method_flags(spec, "train"))
-    if chosen:
-        import dataclasses
-
-        config = dataclasses.replace(config, **chosen)
-    path = _drive(spec.train(
-        args.data, args.out, val_dir=args.val, config=config, resume=args.resume, device=args.device,
-        seed=args.seed, workers=args.workers, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        epoch_size=args.epoch_size, val_limit=args.val_limit, init=args.init,
-    ))
-    from ..runtime.distributed import is_main_process
-
+    init = resolve_checkpoint(spec, args.init) if args.init else None
+    last = last_path(args.out)
+    config = training_config(spec, collect(args, args.config_flags), init=init,
+                             resume_from=last if args.resume and last.exists() else None)
+    path = drive(spec.get("train")(args.data, args.out, val_dir=args.val, config=config, resume=args.resume,
+                                   device=args.device, seed=args.seed, init=init),
+                 desc=spec.name, quiet=not is_main_process(), epoch_lines=True)
     if is_main_process():
         print(f"best checkpoint: {path}", flush=True)
     return 0
@@ -150,17 +104,20 @@ def train_cmd(args) -> int:
 def evaluate_cmd(args) -> int:
     import torch
 
-    from ..methods import get_method
+    from ..errors import GlimpseError
+    from ..methods import get_method, load_model
+    from ..methods.registry import infer_config_for
+    from ._method_flags import collect
+    from ._progress import drive
 
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = get_method(args.method)
-    from ._method_flags import collect
-
-    # Flags generated from evaluate()'s signature may repeat the common ones passed below.
-    common = {"device", "batch_size", "workers", "limit"}
-    extra = {k: v for k, v in collect(args, _method_flags(spec, "evaluate")).items() if k not in common}
-    metrics = _drive(spec.evaluate(args.data, args.checkpoint, device=args.device, batch_size=args.batch_size,
-                                   workers=args.workers, limit=args.limit, **extra), quiet=True)
+    model = load_model(spec, args.checkpoint, args.device)
+    try:
+        config = infer_config_for(spec, model, collect(args, args.config_flags))
+    except ValueError as exc:
+        raise GlimpseError(str(exc)) from None
+    metrics = drive(spec.get("evaluate")(args.data, model, config, limit=args.limit), quiet=True)
     print(json.dumps(metrics))
     return 0

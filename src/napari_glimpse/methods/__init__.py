@@ -1,9 +1,10 @@
-"""Methods: one module per method, each registered in :mod:`.registry` on import of this package.
+"""Methods: one folder per method, each with one :class:`MethodSpec` registered in
+:mod:`.registry` on import of this package (see :mod:`.registry` for what a method writes).
 
-Importing this package imports no torch: each spec's callables import their method lazily.
+Importing this package imports no torch: each spec names its callables lazily.
 """
 
 from . import _builtin  # noqa: F401  (registers the built-in methods)
-from .registry import MethodSpec, get_method, list_methods, register
+from .registry import LoadedModel, MethodSpec, get_method, list_methods, load_model, register
 
-__all__ = ["MethodSpec", "get_method", "list_methods", "register"]
+__all__ = ["LoadedModel", "MethodSpec", "get_method", "list_methods", "load_model", "register"]

@@ -30,7 +30,7 @@ import torch
 from ..errors import CheckpointError
 
 __all__ = [
-    "Checkpoint", "save_checkpoint", "load_checkpoint", "load_state_checked", "load_model",
+    "Checkpoint", "save_checkpoint", "load_checkpoint", "load_state_checked", "load_model", "build_from_checkpoint",
     "config_from_checkpoint", "read_header", "edit_config", "FORMAT_VERSION",
 ]
 
@@ -344,8 +344,27 @@ def config_from_checkpoint(config_cls: type, checkpoint: Checkpoint):
         raise CheckpointError(f"invalid {config_cls.__name__} in checkpoint: {exc}", checkpoint.path) from exc
 
 
+def build_from_checkpoint(path: str | os.PathLike, method: str, config_cls: type, build, device=None):
+    """``(model in eval mode, config)``: ``build(config)`` with the checkpoint's config and
+    weights; how every method's ``load`` reads its checkpoints (no code is executed).
+
+    Raises
+    ------
+    CheckpointError
+        Unsafe/corrupt file, another method, unknown/invalid config, or weights whose names or
+        shapes do not fit the model built from the config.
+    """
+    ckpt = load_checkpoint(path, expected_method=method)
+    config = config_from_checkpoint(config_cls, ckpt)
+    model = build(config)
+    load_state_checked(model, ckpt)
+    if device is not None:
+        model = model.to(device)
+    return model.eval(), config
+
+
 def load_model(path: str | os.PathLike, method: str | None = None, device=None, eval: bool = True):
-    """Model rebuilt from a checkpoint's config with its weights loaded (no code executed).
+    """The model of a checkpoint of any registered method, through that method's ``load``.
 
     Parameters
     ----------
@@ -361,18 +380,14 @@ def load_model(path: str | os.PathLike, method: str | None = None, device=None, 
     Raises
     ------
     CheckpointError
-        Unsafe/corrupt file, another method, unknown/invalid config, or weights whose names or
-        shapes do not fit the model built from the config.
+        As :func:`build_from_checkpoint`, or a method that is not registered.
     """
     from ..methods.registry import get_method
 
-    ckpt = load_checkpoint(path, expected_method=method)
+    header = read_header(path, expected_method=method)
     try:
-        spec = get_method(ckpt.method)
+        spec = get_method(header["method"])
     except KeyError as exc:
-        raise CheckpointError(f"checkpoint is for unknown method {ckpt.method!r}", path) from exc
-    model = spec.build_model(config_from_checkpoint(spec.config_cls, ckpt))
-    load_state_checked(model, ckpt)
-    if device is not None:
-        model = model.to(device)
-    return model.eval() if eval else model
+        raise CheckpointError(f"checkpoint is for unknown method {header['method']!r}", path) from exc
+    model, _ = spec.get("load")(str(path), torch.device(device) if device is not None else torch.device("cpu"))
+    return model.eval() if eval else model.train()

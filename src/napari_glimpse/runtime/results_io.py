@@ -223,8 +223,9 @@ def summary_dict(result: InferenceResult) -> dict:
         "mpp": None if result.mpp is None else list(result.mpp),
     }
     out["summary"] = dict(result.summary)
-    # The headline numbers also at top level, where scripts look first.
-    for key in ("seconds", "patches_read", "pixels_read", "region", "checkpoint", "device"):
+    # The headline numbers every method has (runtime.run.SUMMARY_KEYS) also at top level,
+    # where scripts and comparisons look first.
+    for key in ("seconds", "patches_read", "pixels_read", "device", "checkpoint", "evidence", "region"):
         if key in result.summary:
             out[key] = result.summary[key]
     return out

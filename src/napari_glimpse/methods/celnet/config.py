@@ -4,10 +4,9 @@ the CLI and the forms read them without loading a model."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
-from ...config import check, param
+from ...config import check, param, same_as
 
 __all__ = ["CELNetConfig", "CELNetInferConfig"]
 
@@ -95,13 +94,6 @@ class CELNetConfig:
             raise ValueError(f"CELNetConfig.reduction={self.reduction} leaves no channels for width {min(self.widths)}")
 
 
-def _from_training(name: str, **meta):
-    """A field with the default, help and range of CELNetConfig's ``name`` (one source). Left
-    unset, a run takes the checkpoint config's value (chosen on validation data)."""
-    f = next(f for f in dataclasses.fields(CELNetConfig) if f.name == name)
-    return dataclasses.field(default=f.default, metadata={**f.metadata, "group": "", **meta})
-
-
 @dataclass
 class CELNetInferConfig:
     """The parameters of a CELNet slide run (the "Run model" form and ``infer celnet`` flags).
@@ -125,11 +117,11 @@ class CELNetInferConfig:
     celm_batch: int = param(0, "windows per CELM pass (0: as many as take about a second)", min=0, max=1024,
                             advanced=True)
     evidence_cell: int = param(8, "working px per evidence-map cell", min=1, max=96, advanced=True)
-    threshold: float = _from_training("threshold", advanced=False)
-    celm_a: float = _from_training("celm_a")
-    celm_b: float = _from_training("celm_b")
-    evidence_threshold: float = _from_training("evidence_threshold", advanced=False)
-    saliency_sigma: float = _from_training("saliency_sigma")
+    threshold: float = same_as(CELNetConfig, "threshold", advanced=False)
+    celm_a: float = same_as(CELNetConfig, "celm_a")
+    celm_b: float = same_as(CELNetConfig, "celm_b")
+    evidence_threshold: float = same_as(CELNetConfig, "evidence_threshold", advanced=False)
+    saliency_sigma: float = same_as(CELNetConfig, "saliency_sigma")
     mask_sigma: float = param(1.0, "Gaussian smoothing (evidence cells) before thresholding", min=0.0, max=20.0, advanced=True)
     nms_min_distance: float = param(3.0, "peaks closer than this (map cells) to a stronger one are dropped",
                                    min=0.0, max=1000.0, advanced=True)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ...results import InferenceResult, SlideMap, SlidePoints
+from ...runtime.run import top_evidence
 from ...runtime.inference import (
     RunStats,
     WindowGrid,
@@ -312,79 +313,7 @@ def _assemble(slide, grid, windows, prob, evidence, evidence_cell, params, stats
         "tile_cells": tile_cells,
         "checkpoint": checkpoint,
         "device": device,
+        "evidence": top_evidence(points[0].xy, scores),
     }
     return InferenceResult("celnet", slide.path, score, maps=maps, points=points,
                            summary=summary, mpp=slide.mpp)
-
-
-def infer(
-    slide_path,
-    checkpoint=None,
-    *,
-    device: str | None = None,
-    region: Sequence[float] | None = None,
-    stride: int = 32,
-    tile_size: int = 1536,
-    batch_size: int = 1,
-    tissue: str | None = "otsu",
-    celm: bool = True,
-    tta: bool = False,
-    celm_batch: int = 0,
-    evidence_cell: int = 8,
-    threshold: float | None = None,
-    celm_a: float | None = None,
-    celm_b: float | None = None,
-    evidence_threshold: float | None = None,
-    saliency_sigma: float | None = None,
-    mask_sigma: float = 1.0,
-    nms_min_distance: float = 3.0,
-    nms_max_peaks: int = 100,
-    model=None,
-) -> Generator:
-    """Registry entry point: load the checkpoint (or the registry default) and run
-    :func:`infer_celnet` on ``slide_path``. Yields Progress, returns InferenceResult.
-
-    The parameters are :class:`CELNetInferConfig`'s; ``threshold``, ``celm_a``, ``celm_b``,
-    ``evidence_threshold`` and ``saliency_sigma`` left None keep the checkpoint config's
-    values; ``tissue="none"`` (or None) uses no tissue mask. ``model`` skips loading.
-    """
-    if model is None:
-        model, checkpoint = load_celnet(checkpoint, device)
-    params = CELMParams.from_config(
-        model.config, alpha=celm_a, beta=celm_b, csm_sigma=saliency_sigma,
-        mask_threshold=evidence_threshold, prob_threshold=threshold, nms_min_score=threshold,
-        mask_sigma=mask_sigma, nms_min_distance=nms_min_distance, nms_max_peaks=nms_max_peaks)
-    return (yield from infer_celnet(
-        slide_path, model, region=region, stride=stride, tile_size=tile_size, batch_size=batch_size,
-        tissue=None if tissue in (None, "none") else tissue, celm=celm, celm_batch=celm_batch or None,
-        evidence_cell=evidence_cell, params=params, tta=tta,
-        checkpoint=None if checkpoint is None else str(checkpoint)))
-
-
-def load_celnet(checkpoint=None, device=None):
-    """(model in eval mode on ``device``, checkpoint path) from a checkpoint file, or from
-    the registry's default checkpoint when ``checkpoint`` is None. Never unpickles."""
-    from ...errors import CheckpointError
-    from ...runtime.checkpoint import load_model
-    from .training import default_checkpoint
-
-    if device in (None, "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    checkpoint = checkpoint or default_checkpoint()
-    if checkpoint is None:
-        raise CheckpointError("no checkpoint given and celnet has no default checkpoint")
-    model = load_model(checkpoint, method="celnet", device=torch.device(device))
-    return model.eval(), str(checkpoint)
-
-
-def load_model(checkpoint=None, device=None):
-    """``(model, config, checkpoint path)``: :func:`load_celnet` in the registry's form."""
-    model, path = load_celnet(checkpoint, device)
-    return model, model.config, path
-
-
-def save_celnet(model, path) -> None:
-    """Save a CELNet as a napari-glimpse checkpoint (what :func:`load_celnet` reads)."""
-    from ...runtime.checkpoint import save_checkpoint
-
-    save_checkpoint(path, method="celnet", config=model.config, model_state=model.state_dict())

@@ -75,3 +75,10 @@ def evaluate_celnet(data_dir, checkpoint=None, *, device: str | None = "auto", b
     metrics = yield from evaluate(model, data_dir, device=device or "auto", batch_size=batch_size,
                                   workers=workers, limit=limit, threshold=model.config.threshold, tta=tta)
     return {**metrics, "checkpoint": str(checkpoint)}
+
+
+def evaluate_patches(model, data_dir, **kwargs):
+    """Accuracy / AUC / loss of a loaded CELNet on a patch folder."""
+    from ...runtime.training import evaluate
+
+    return (yield from evaluate(model, data_dir, **kwargs))

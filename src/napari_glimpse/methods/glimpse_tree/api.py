@@ -5,64 +5,32 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Generator, Sequence
-from pathlib import Path
 
 import numpy as np
 
-from ...errors import CheckpointError
 from ...runtime.events import Progress
-from .config import GlimpseTreeConfig, branching_for_leaves
+from ...runtime.run import top_evidence
+from .config import GlimpseTreeConfig, GlimpseTreeInferConfig, branching_for_leaves
 
-__all__ = ["default_checkpoint", "shipped_checkpoint", "load_model", "infer", "infer_slide", "evaluate"]
+__all__ = ["load", "infer", "infer_slide", "evaluate", "leaves_branching"]
 
 METHOD = "glimpse-tree"
-_WEIGHTS = Path(__file__).resolve().parents[2] / "_sample_data" / "weights"
-SHIPPED = {"supervised": "glimpse_tree_supervised.safetensors", "mil": "glimpse_tree_mil.safetensors"}
 
 
-def shipped_checkpoint(strategy: str = "supervised") -> str | None:
-    """Path of the bundled supervised or MIL weights, None when not installed."""
-    path = _WEIGHTS / SHIPPED[strategy]
-    return str(path) if path.is_file() else None
-
-
-def default_checkpoint() -> str | None:
-    """The registry's default: the supervised weights."""
-    return shipped_checkpoint("supervised")
-
-
-def load_model(checkpoint: str | os.PathLike | None = None, device: str | None = None):
-    """``(model, config, checkpoint path)``; ``checkpoint`` may be a path, None (shipped
-    supervised weights) or the words ``"supervised"`` / ``"mil"`` (the shipped weights of that
-    strategy)."""
-    from ...runtime.checkpoint import config_from_checkpoint, load_checkpoint, load_state_checked
-    from ...runtime.device import resolve_device
+def load(path: str, device):
+    """``(model in eval mode on device, its GlimpseTreeConfig)`` from a checkpoint."""
+    from ...runtime.checkpoint import build_from_checkpoint
     from .model import build_model
 
-    if checkpoint is None or str(checkpoint) in SHIPPED:
-        name = "supervised" if checkpoint is None else str(checkpoint)
-        checkpoint = shipped_checkpoint(name)
-        if checkpoint is None:
-            raise CheckpointError(f"no shipped {name} glimpse-tree weights; pass --checkpoint",
-                                  str(_WEIGHTS / SHIPPED[name]))
-    ckpt = load_checkpoint(checkpoint, expected_method=METHOD)
-    config = config_from_checkpoint(GlimpseTreeConfig, ckpt)
-    model = build_model(config)
-    load_state_checked(model, ckpt)
-    dev = resolve_device(device or "auto")
-    model = model.to(dev).eval()
-    return model, config, ckpt.path
+    return build_from_checkpoint(path, METHOD, GlimpseTreeConfig, build_model, device)
 
 
-def _resolve(config: GlimpseTreeConfig, branching, leaves, temperature, seed, dense, tissue, tissue_min):
-    if leaves:  # N_G wins over an explicit branching (the GUI form always sends one)
-        branching = leaves_branching(config, int(leaves))
-    branching = tuple(int(b) for b in branching) if branching else config.branching
-    if len(branching) != config.levels:
-        raise ValueError(f"branching {branching} needs {config.levels} entries (the model has L={config.levels})")
-    return (branching, config.temperature if temperature is None else float(temperature),
-            config.seed if seed is None else int(seed), config.dense if dense is None else bool(dense),
-            tissue or config.tissue, config.tissue_min if tissue_min is None else float(tissue_min))
+def _branching(model_config: GlimpseTreeConfig, config: GlimpseTreeInferConfig) -> tuple[int, ...]:
+    branching = leaves_branching(model_config, config.leaves) if config.leaves else tuple(config.branching)
+    if len(branching) != model_config.levels:
+        raise ValueError(f"branching {branching} needs {model_config.levels} entries "
+                         f"(the model has L={model_config.levels})")
+    return branching
 
 
 def leaves_branching(config: GlimpseTreeConfig, leaves: int) -> tuple[int, ...]:
@@ -77,65 +45,24 @@ def leaves_branching(config: GlimpseTreeConfig, leaves: int) -> tuple[int, ...]:
     return branching_for_leaves(leaves, config.levels)
 
 
-def infer(
-    slide_path: str | os.PathLike,
-    checkpoint: str | os.PathLike | None = None,
-    *,
-    device: str | None = None,
-    region: Sequence[float] | None = None,
-    leaves: int = 0,
-    branching: Sequence[int] | None = None,
-    temperature: float | None = None,
-    seed: int | None = None,
-    dense: bool | None = None,
-    tissue: str | None = None,
-    tissue_min: float | None = None,
-    show_q: bool = True,
-    model=None,
-) -> Generator:
-    """Glimpse-tree inference on one slide: yields Progress per region, returns an InferenceResult.
-
-    Parameters
-    ----------
-    slide_path
-        Any slide :func:`~napari_glimpse.slides.open_slide` reads.
-    checkpoint
-        Path, None (shipped supervised weights), ``"supervised"`` or ``"mil"``.
-    region
-        Level-0 box (x0, y0, x1, y1) to restrict the regions to.
-    leaves
-        N_G; split into the branching per level (the checkpoint's own split when it has N_G
-        leaves, else 8 -> (2, 4); :func:`leaves_branching`); overrides ``branching``. 0 keeps it.
-    branching, temperature, seed, dense, tissue, tissue_min
-        Override the checkpoint config's inference fields; ``dense`` runs 'All'.
-    model
-        An already loaded model (``load_model``); skips loading (timings then exclude it).
-
-    Returns
-    -------
-    InferenceResult
-        Boxes per level, edges, Q maps (tree) or the tile map ('All'); ``summary`` has
-        slide_score, seconds (slide opening and reading included), patches_read, pixels_read,
-        regions, leaves and the tree (node id, parent, level, box, score).
-    """
-    t0 = time.perf_counter()
-    if model is None:
-        model, _, ckpt_path = load_model(checkpoint, device)
-    else:
-        ckpt_path = str(checkpoint) if checkpoint else None
-    config = model.config
-    branching, temperature, seed, dense, tissue, tissue_min = _resolve(
-        config, branching, leaves, temperature, seed, dense, tissue, tissue_min)
-    result = yield from infer_slide(model, slide_path, branching=branching, temperature=temperature, seed=seed,
-                                    dense=dense, tissue=tissue, tissue_min=tissue_min, region=region,
-                                    show_q=show_q, t0=t0)
-    result.summary["checkpoint"] = ckpt_path
+def infer(slide, model, config: GlimpseTreeInferConfig, region) -> Generator:
+    """Glimpse-tree inference on one open slide: yields Progress per region, returns an
+    InferenceResult with boxes per level, edges, Q maps (tree) or the tile map ('All'); the
+    summary has slide_score, patches_read, pixels_read, regions, leaves, the tree and the
+    evidence (the centres of the best-scored leaves)."""
+    result = yield from infer_slide(
+        model.model, slide, branching=_branching(model.config, config), temperature=config.temperature,
+        seed=config.seed, dense=config.dense, tissue=config.tissue, tissue_min=config.tissue_min,
+        region=region, show_q=config.show_q)
     return result
 
 
-def infer_slide(model, slide_path, *, branching, temperature, seed, dense, tissue, tissue_min,
+def infer_slide(model, slide, *, branching, temperature, seed, dense, tissue, tissue_min,
                 region=None, show_q=True, t0=None) -> Generator:
-    """:func:`infer` with a loaded model and resolved parameters."""
+    """:func:`infer` with the bare network and resolved parameters; ``slide`` is an open Slide
+    or a path (opened and closed here)."""
+    import contextlib
+
     import torch
 
     from ...results import InferenceResult
@@ -147,7 +74,9 @@ def infer_slide(model, slide_path, *, branching, temperature, seed, dense, tissu
     t0 = time.perf_counter() if t0 is None else t0
     config = model.config
     model.eval()
-    with open_slide(slide_path) as slide:
+    is_path = isinstance(slide, (str, os.PathLike))
+    with open_slide(slide) if is_path else contextlib.nullcontext(slide) as slide:
+        slide_path = slide.path
         reader = GlimpseReader(slide, config)
         mask = tissue_mask(slide, tissue, max_size=config.tissue_size)
         region_px = config.region_size * reader.working_downsample
@@ -171,13 +100,16 @@ def infer_slide(model, slide_path, *, branching, temperature, seed, dense, tissu
             if tiles:
                 result.maps += _all_maps(tiles, config, reader, result_id, all_map)
             n_leaves = len(scores)
+            evidence = _tile_evidence(tiles, config, reader)
         else:
             leaf_scores = [n.score for n in nodes if n.level == config.levels]
             result.slide_score = float(max(leaf_scores)) if leaf_scores else 0.0
             b, lines, maps = tree_layers(nodes, config.levels, result_id, show_q=show_q)
             result.boxes, result.lines, result.maps = b, lines, maps
             n_leaves = len(leaf_scores)
-        result.summary.update(
+            leaves = [n for n in nodes if n.level == config.levels]
+            evidence = top_evidence([n.centre for n in leaves], [n.score for n in leaves])
+        result.summary.update(evidence=evidence,
             slide_score=result.slide_score, seconds=time.perf_counter() - t0,
             patches_read=reader.patches_read, pixels_read=reader.pixels_read, regions=len(boxes),
             leaves_classified=n_leaves, mode="all" if dense else "tree",
@@ -194,41 +126,45 @@ def _all_maps(tiles, config, reader, result_id, all_map):
     return [all_map(t, (box[0], box[1]), tile_px, result_id) for box, t in tiles]
 
 
-def evaluate(data_dir, checkpoint=None, *, device: str | None = "auto", leaves: int = 0,
-             branching=None, temperature: float | None = None, seed: int | None = None,
-             dense: bool | None = None, limit: int | None = None, model=None, **_ignored) -> Generator:
-    """Slide AUC on a folder with ``labels.csv``: yields Progress, returns {auc, n, seconds_per_slide, ...}."""
+def _tile_evidence(tiles, config, reader) -> list:
+    """Centres of the best-scored 'All' tiles (level-0 px), best first."""
+    tile_px = config.glimpse_size * reader.downsample(config.levels)
+    xy, scores = [], []
+    for box, t in tiles:
+        rr, cc = np.nonzero(np.isfinite(t))
+        xy += [(box[0] + (c + 0.5) * tile_px, box[1] + (r + 0.5) * tile_px) for r, c in zip(rr, cc, strict=True)]
+        scores += list(t[rr, cc])
+    return top_evidence(xy, scores)
+
+
+def evaluate(data_dir, model, config: GlimpseTreeInferConfig, *, limit: int = 0) -> Generator:
+    """Slide AUC on a folder with ``labels.csv``: yields Progress, returns {auc, n,
+    seconds_per_slide, patches_per_slide, scores, labels, ...}."""
+    import dataclasses
+
+    from ...runtime.events import run_to_end
     from ...runtime.training import roc_auc
     from .data import find_slides
 
     items = [i for i in find_slides(data_dir, need="labels") if i.label is not None]
     if limit:
         items = items[: int(limit)]
-    if model is None:
-        model, _, checkpoint = load_model(checkpoint, device)
-    scores, labels, seconds, patches, mode, n_leaves = [], [], [], [], None, None
+    quiet = dataclasses.replace(config, show_q=False)
+    scores, labels, seconds, patches = [], [], [], []
+    res = None
     for k, item in enumerate(items):
-        res = yield from _quiet(infer(item.path, checkpoint, model=model, leaves=leaves, branching=branching,
-                                      temperature=temperature, seed=seed, dense=dense, show_q=False))
+        t0 = time.perf_counter()
+        from ...slides import open_slide
+
+        with open_slide(item.path) as slide:
+            res = run_to_end(infer(slide, model, quiet, None))
         scores.append(res.slide_score)
         labels.append(item.label)
-        seconds.append(res.summary["seconds"])
+        seconds.append(time.perf_counter() - t0)
         patches.append(res.summary["patches_read"])
-        mode, n_leaves = res.summary["mode"], res.summary["leaves"]
         yield Progress("evaluate", k + 1, len(items), f"slide {k + 1}/{len(items)}")
     return {"auc": roc_auc(np.array(labels), np.array(scores)), "n": len(items),
             "seconds_per_slide": float(np.mean(seconds)) if seconds else float("nan"),
             "patches_per_slide": float(np.mean(patches)) if patches else float("nan"),
-            "mode": mode, "leaves": n_leaves, "checkpoint": checkpoint,
-            "scores": [float(s) for s in scores], "labels": labels}
-
-
-def _quiet(gen):
-    """Run a generator to its result without re-yielding its progress."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if False:  # pragma: no cover - makes this a generator so callers can ``yield from``
-            yield
+            "mode": res.summary["mode"] if res else None, "leaves": res.summary["leaves"] if res else None,
+            "checkpoint": model.checkpoint, "scores": [float(s) for s in scores], "labels": labels}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ...config import check, param
+from ...config import check, param, same_as
 
-__all__ = ["GlimpseTreeConfig", "branching_for_leaves", "BACKBONES", "POLICY_TARGETS"]
+__all__ = ["GlimpseTreeConfig", "GlimpseTreeInferConfig", "branching_for_leaves", "BACKBONES", "POLICY_TARGETS"]
 
 BACKBONES = ("small", "resnet18", "resnet34", "inception_v3")
 POLICY_TARGETS = ("sampled", "dense", "dense-max")
@@ -148,3 +148,23 @@ class GlimpseTreeConfig:
     def downscale(self, level: int) -> int:
         """s_l = level_scale ** (L - l): working pixels per pixel of a level-l glimpse."""
         return self.level_scale ** (self.levels - level)
+
+
+@dataclass
+class GlimpseTreeInferConfig:
+    """The parameters of a glimpse-tree slide run (the "Run model" form and ``infer glimpse-tree``
+    flags). Fields named like a :class:`GlimpseTreeConfig` inference field default to the
+    checkpoint's value (its branching was chosen on validation mosaics)."""
+
+    leaves: int = param(0, "N_G, leaf glimpses per region, split over the levels (the checkpoint's own split "
+                           "when it has N_G leaves, else 8 -> branching 2 4); 0 keeps branching", min=0, max=4096)
+    branching: tuple[int, ...] = same_as(GlimpseTreeConfig, "branching", advanced=True)
+    temperature: float = same_as(GlimpseTreeConfig, "temperature", advanced=True)
+    seed: int = same_as(GlimpseTreeConfig, "seed", advanced=True)
+    dense: bool = same_as(GlimpseTreeConfig, "dense")
+    tissue: str = same_as(GlimpseTreeConfig, "tissue", advanced=True)
+    tissue_min: float = same_as(GlimpseTreeConfig, "tissue_min", advanced=True)
+    show_q: bool = param(True, "keep the policies' Q maps as (hidden) layers", advanced=True)
+
+    def __post_init__(self):
+        check(self)
