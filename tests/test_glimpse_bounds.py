@@ -59,7 +59,7 @@ def test_valid_centres_zero_q_and_fewer_children():
 
 @pytest.mark.parametrize("leaves", [8, 16])
 def test_leaves_stay_on_a_slide_smaller_than_a_region(mosaics, big_region_model, leaves):  # noqa: F811
-    from napari_glimpse.methods.glimpse_tree.api import infer
+    from napari_glimpse.methods import infer
     from napari_glimpse.slides import open_slide
 
     _, made = mosaics
@@ -69,7 +69,7 @@ def test_leaves_stay_on_a_slide_smaller_than_a_region(mosaics, big_region_model,
     assert max(w, h) < big_region_model.config.region_size  # the case of the defect
     tol = 4  # one parent pixel of a leaf's parent (level-0 px): the inside test samples pixel centres
     for seed in range(5):
-        res = drive(infer(path, model=big_region_model, leaves=leaves, seed=seed))
+        res = drive(infer("glimpse-tree", path, model=big_region_model, leaves=leaves, seed=seed))
         tree = res.summary["tree"]
         root = [n for n in tree if n["level"] == 0]
         assert len(root) == 1
@@ -81,15 +81,15 @@ def test_leaves_stay_on_a_slide_smaller_than_a_region(mosaics, big_region_model,
             bx0, by0, bx1, by1 = n["box"]
             assert bx0 >= -tol and by0 >= -tol and bx1 <= w + tol and by1 <= h + tol, (seed, n)
         assert res.summary["patches_read"] == len(tree)
-        again = drive(infer(path, model=big_region_model, leaves=leaves, seed=seed)).summary["tree"]
+        again = drive(infer("glimpse-tree", path, model=big_region_model, leaves=leaves, seed=seed)).summary["tree"]
         assert again == tree
 
 
 def test_all_skips_tiles_off_the_slide(mosaics, big_region_model):  # noqa: F811
-    from napari_glimpse.methods.glimpse_tree.api import infer
+    from napari_glimpse.methods import infer
 
     _, made = mosaics
-    res = drive(infer(str(made[0].path), model=big_region_model, dense=True))
+    res = drive(infer("glimpse-tree", str(made[0].path), model=big_region_model, dense=True))
     (m,) = res.maps
     w = 576  # 6 x 6 cells of 96 px; the region is 1024 px centred: 224 px (3.5 tiles) hang over each side
     assert m.data.shape == (16, 16) and m.cell_size == 64 and m.origin == (-224.0, -224.0)

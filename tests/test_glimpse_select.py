@@ -12,10 +12,10 @@ def test_click_selects_subtree(make_napari_viewer, mosaics, tiny_model):  # noqa
     from napari_glimpse import coords
     from napari_glimpse._napari.glimpse_select import attach_glimpse_select
     from napari_glimpse.layers import result_to_layers
-    from napari_glimpse.methods.glimpse_tree.api import infer
+    from napari_glimpse.methods import infer
 
     _, made = mosaics
-    result = drive(infer(str(made[0].path), model=tiny_model, leaves=8, seed=1))
+    result = drive(infer("glimpse-tree", str(made[0].path), model=tiny_model, leaves=8, seed=1))
     viewer = make_napari_viewer()
     for data, kwargs, kind in result_to_layers(result):
         viewer._add_layer_from_data(data, kwargs, kind)

@@ -100,24 +100,27 @@ def test_config_branching_and_validation():
     with pytest.raises(ValueError, match="branching"):
         GlimpseTreeConfig(branching=(2, 2, 2))
     # N_G = 8 keeps a checkpoint's own split of 8 leaves; other N_G use the rule
-    from napari_glimpse.methods.glimpse_tree.api import _resolve, leaves_branching
+    from napari_glimpse.methods.glimpse_tree.api import _branching, leaves_branching
+    from napari_glimpse.methods.glimpse_tree.config import GlimpseTreeInferConfig
 
     own = GlimpseTreeConfig(branching=(4, 2))
     assert [leaves_branching(own, n) for n in (4, 8, 16)] == [(2, 2), (4, 2), (4, 4)]
     assert leaves_branching(c, 8) == (2, 4)
-    assert _resolve(own, (1, 8), 8, None, None, None, None, None)[0] == (4, 2)  # N_G wins over branching
-    assert _resolve(own, (1, 8), 0, None, None, None, None, None)[0] == (1, 8)
+    assert _branching(own, GlimpseTreeInferConfig(leaves=8, branching=(1, 8))) == (4, 2)  # N_G wins
+    assert _branching(own, GlimpseTreeInferConfig(leaves=0, branching=(1, 8))) == (1, 8)
+    with pytest.raises(ValueError, match="needs 2 entries"):
+        _branching(own, GlimpseTreeInferConfig(branching=(2, 2, 2)))
     with pytest.raises(ValueError, match="temperature"):
         GlimpseTreeConfig(temperature=-1)
 
 
 def test_tree_on_a_slide(mosaics, tiny_model):
-    from napari_glimpse.methods.glimpse_tree.api import infer
+    from napari_glimpse.methods import infer
     from napari_glimpse.methods.glimpse_tree.tree_result import subtree
 
     folder, made = mosaics
     path = str(made[0].path)
-    res = drive(infer(path, model=tiny_model, leaves=8, seed=3))
+    res = drive(infer("glimpse-tree", path, model=tiny_model, leaves=8, seed=3))
     s = res.summary
     assert s["regions"] == 1 and s["leaves_classified"] == 8
     assert s["patches_read"] == 1 + 2 + 8  # root, two children, eight leaves: nothing else read
@@ -145,8 +148,8 @@ def test_tree_on_a_slide(mosaics, tiny_model):
     merged = {k: np.concatenate([b.properties[k] for b in res.boxes]) for k in ("node_id", "parent_id")}
     assert subtree(s["tree"], child) == subtree(merged, child)
     # deterministic per seed
-    again = drive(infer(path, model=tiny_model, leaves=8, seed=3)).summary["tree"]
-    other = drive(infer(path, model=tiny_model, leaves=8, seed=4)).summary["tree"]
+    again = drive(infer("glimpse-tree", path, model=tiny_model, leaves=8, seed=3)).summary["tree"]
+    other = drive(infer("glimpse-tree", path, model=tiny_model, leaves=8, seed=4)).summary["tree"]
     assert again == s["tree"] and other != s["tree"]
 
 
@@ -156,14 +159,14 @@ def test_a_slide_smaller_than_the_region_keeps_its_leaf_budget(tmp_path):
     # N_G = 8 leaves (the fixed (2, 4) branching would stop at 4), all on the slide
     import torch
 
-    from napari_glimpse.methods.glimpse_tree.api import infer
+    from napari_glimpse.methods import infer
     from napari_glimpse.methods.glimpse_tree.model import build_model
     from napari_glimpse.mosaic import bundled_patches_dir, make_mosaics
 
     torch.manual_seed(0)
     model = build_model(GlimpseTreeConfig(**{**TINY, "glimpse_size": 64})).eval()
     (made,) = make_mosaics(bundled_patches_dir(), tmp_path, count=1, grid=(3, 3), seed=3, max_patches_per_class=8)
-    s = drive(infer(str(made.path), model=model, leaves=8, seed=0)).summary
+    s = drive(infer("glimpse-tree", str(made.path), model=model, leaves=8, seed=0)).summary
     levels = [n["level"] for n in s["tree"]]
     assert levels.count(1) == 1 and levels.count(2) == 8 == s["leaves_classified"]
     for n in s["tree"]:
@@ -184,16 +187,16 @@ def test_subtree_forms():
 
 def test_all_baseline_and_layers(mosaics, tiny_model):
     from napari_glimpse.layers import result_to_layers
-    from napari_glimpse.methods.glimpse_tree.api import infer
+    from napari_glimpse.methods import infer
 
     folder, made = mosaics
-    res = drive(infer(str(made[0].path), model=tiny_model, dense=True))
+    res = drive(infer("glimpse-tree", str(made[0].path), model=tiny_model, dense=True))
     (m,) = res.maps
     assert m.data.shape == (16, 16) and m.cell_size == 32
     n = int(np.isfinite(m.data).sum())
     assert res.summary["patches_read"] == n > 0
     assert res.slide_score == pytest.approx(np.nanmax(m.data))
-    tree = drive(infer(str(made[0].path), model=tiny_model, leaves=4))
+    tree = drive(infer("glimpse-tree", str(made[0].path), model=tiny_model, leaves=4))
     layers = result_to_layers(tree)
     kinds = [t[2] for t in layers]
     assert kinds.count("image") == 3 and kinds.count("shapes") == 4  # Q maps, edges, 3 box levels
@@ -208,7 +211,7 @@ def test_registry_and_cli(mosaics, tiny_model, tmp_path, capsys):
     from napari_glimpse.runtime.checkpoint import save_checkpoint
 
     spec = get_method("glimpse-tree")
-    assert spec.config_cls is GlimpseTreeConfig and spec.infer and spec.train and spec.evaluate
+    assert spec.train_config_cls is GlimpseTreeConfig and spec.data == "slides"
     folder, made = mosaics
     ckpt = save_checkpoint(tmp_path / "tiny.safetensors", method="glimpse-tree", config=tiny_model.config,
                            model_state=tiny_model.state_dict())
@@ -218,14 +221,19 @@ def test_registry_and_cli(mosaics, tiny_model, tmp_path, capsys):
     assert rc == 0
     summary = json.loads((out / made[1].name / "summary.json").read_text())
     assert summary["summary"]["leaves"] == 4 and summary["summary"]["temperature"] == 0.1
-    assert 0.0 <= summary["slide_score"] <= 1.0
+    leaves = [n for n in summary["summary"]["tree"] if n["level"] == 2]
+    assert summary["slide_score"] == pytest.approx(max(n["score"] for n in leaves), abs=1e-5)
+    best = max(leaves, key=lambda n: n["score"])["box"]  # the evidence: the best leaf's centre first
+    assert summary["evidence"][0] == pytest.approx([(best[0] + best[2]) / 2, (best[1] + best[3]) / 2], abs=0.01)
+    assert summary["method"] == "glimpse-tree" and summary["device"] == "cpu" and summary["checkpoint"] == ckpt
     assert summary["patches_read"] == 1 + 2 + 4 and summary["seconds"] > 0 and summary["pixels_read"] > 0
     assert (out / made[1].name / "boxes.geojson").exists()
     capsys.readouterr()
     rc = main(["evaluate", "glimpse-tree", "--checkpoint", ckpt, "--data", str(folder), "--leaves", "4"])
     assert rc == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert metrics["n"] == 4 and 0.0 <= metrics["auc"] <= 1.0 and metrics["seconds_per_slide"] > 0
+    assert metrics["n"] == 4 and len(metrics["scores"]) == 4 and metrics["seconds_per_slide"] > 0
+    assert metrics["labels"] == sorted(metrics["labels"]) or set(metrics["labels"]) == {0, 1}
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "inception_v3"])

@@ -24,6 +24,7 @@ LayerDataTuple = tuple[Any, dict[str, Any], str]
 # to level-0 pixels and to the slide file without guessing.
 META_MPP = "mpp"
 META_SLIDE = "slide_path"
+META_SLIDE_OBJECT = "slide"
 META_KIND = "glimpse_kind"
 
 
@@ -89,6 +90,7 @@ def slide_to_layer_data(slide, name: str | None = None) -> LayerDataTuple:
     metadata = {
         META_KIND: "slide",
         META_SLIDE: str(slide.path),
+        META_SLIDE_OBJECT: slide,  # the open slide: runs read it instead of re-opening the file
         META_MPP: _mpp_meta(slide.mpp),
         "mpp_known": slide.mpp is not None,
         "format": slide.format,

@@ -42,12 +42,9 @@ def default_methods() -> list[tuple[str, str]]:
 
     out = []
     for name in list_methods():
-        spec = get_method(name)
-        if spec.infer is None or spec.default_checkpoint is None:
-            continue
-        ckpt = spec.default_checkpoint()
-        if ckpt and os.path.isfile(str(ckpt)):
-            out.append((name, str(ckpt)))
+        ckpt = get_method(name).default_checkpoint()
+        if ckpt:
+            out.append((name, ckpt))
     return out
 
 
@@ -93,8 +90,9 @@ def run_models(
         that failed: one broken method must not hide the others.
     """
     from ..errors import GlimpseError
-    from ..methods.registry import get_method
+    from ..methods.registry import get_method, load_model
     from ..runtime.results_io import load_result, save_result
+    from ..runtime.run import run_inference
 
     methods = default_methods() if methods is None else methods
     params = params or {}
@@ -107,7 +105,8 @@ def run_models(
             if not rerun and (folder / "summary.json").is_file():
                 result, cached = load_result(folder), True
             else:
-                result = yield from get_method(name).infer(slide_path, ckpt, **kw)
+                spec = get_method(name)
+                result = yield from run_inference(spec, slide_path, load_model(spec, ckpt), overrides=kw)
                 save_result(result, folder)
                 cached = False
         except (GlimpseError, RuntimeError, ValueError, OSError) as exc:

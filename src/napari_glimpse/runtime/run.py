@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import GlimpseError
 
-__all__ = ["run_inference", "SUMMARY_KEYS", "top_evidence", "MAX_EVIDENCE"]
+__all__ = ["run_inference", "infer", "SUMMARY_KEYS", "top_evidence", "MAX_EVIDENCE"]
 
 #: Keys every ``summary.json`` has, whatever the method.
 SUMMARY_KEYS = ("method", "slide_score", "seconds", "patches_read", "pixels_read", "device",
@@ -82,3 +82,30 @@ def run_inference(spec, slide, model, config=None, region: Sequence[float] | Non
     summary["evidence"] = [list(map(float, p)) for p in summary["evidence"]][:MAX_EVIDENCE]
     result.slide_score = summary["slide_score"]
     return result
+
+
+def infer(method, slide, checkpoint=None, *, model=None, device: str | None = None,
+          region: Sequence[float] | None = None, **params) -> Generator:
+    """The Python API: run a method on a slide (a path or an open Slide) with inference-config
+    overrides as keywords; yields Progress, returns the InferenceResult.
+
+    ``model`` is a loaded model (:func:`~napari_glimpse.methods.registry.load_model`), or a
+    bare network with a ``config`` attribute; else ``checkpoint`` is loaded (None: the
+    shipped default, or a name of the method's shipped weights).
+
+    Examples
+    --------
+    >>> from napari_glimpse.methods import infer
+    >>> from napari_glimpse.runtime.events import run_to_end
+    >>> result = run_to_end(infer("glimpse-tree", "slide.svs", "mil", leaves=16))  # doctest: +SKIP
+    """
+    from ..methods.registry import LoadedModel, get_method, load_model
+
+    spec = get_method(method)
+    if model is None:
+        model = load_model(spec, checkpoint, device)
+    elif not isinstance(model, LoadedModel):
+        dev = next(iter(model.parameters())).device if hasattr(model, "parameters") else device
+        model = LoadedModel(spec.name, model, model.config, None if checkpoint is None else str(checkpoint),
+                            str(dev or "cpu"))
+    return (yield from run_inference(spec, slide, model, region=region, overrides=params))

@@ -163,25 +163,18 @@ def replace_layers(viewer, layer_data: list[tuple], run_key: str,
 
 
 def run_layers_hook(method: str, viewer) -> None:
-    """Call the method's ``extra["napari_layers_hook"]`` ("module:function") with ``viewer``.
-
-    A method may need viewer glue once its layers are in (glimpse-tree: click a glimpse to
-    select its subtree). Hooks must be safe to call more than once: every run calls it.
-    A method not in the registry (e.g. a result saved by a plugin not installed) has none.
+    """Call the method's ``napari_hook`` with ``viewer`` once its layers are in (glimpse-tree:
+    click a glimpse to select its subtree). Hooks must be safe to call more than once. A
+    method not in the registry (a result saved by a plugin not installed) has none.
     """
-    import importlib
-
     from ...methods.registry import get_method
 
     try:
         spec = get_method(method)
     except KeyError:
         return
-    ref = (spec.extra or {}).get("napari_layers_hook")
-    if not ref:
-        return
-    module, _, attr = ref.partition(":")
-    getattr(importlib.import_module(module), attr)(viewer)
+    if spec.napari_hook is not None:
+        spec.get("napari_hook")(viewer)
 
 
 # ------------------------------------------------------------ recent checkpoints

@@ -12,7 +12,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
 
 from ... import coords
-from ...layers import META_SLIDE, result_to_layers, shapes_to_level0
+from ...layers import META_SLIDE, META_SLIDE_OBJECT, result_to_layers, shapes_to_level0
 from . import _methods
 from ._common import (
     DEVICES,
@@ -61,8 +61,10 @@ def shapes_box(vertices: Sequence[np.ndarray], scale, translate, mpp,
 class InferenceWidget(WorkerControls, Container):
     """Run a model on a slide layer; progress, cancel, and result layers in the viewer."""
 
-    def __init__(self, napari_viewer=None, recent: RecentCheckpoints | None = None):
+    def __init__(self, napari_viewer=None, recent: RecentCheckpoints | None = None,
+                 models: _methods.ModelCache | None = None):
         super().__init__(labels=True)
+        self.models = models or _methods.ModelCache()
         self.viewer = viewer = napari_viewer
         self.recent = recent or RecentCheckpoints.for_file()
         self.worker = None
@@ -116,9 +118,8 @@ class InferenceWidget(WorkerControls, Container):
         method = self.method.value if hasattr(self, "method") else None
         out: list[tuple[str, str]] = []
         if method:
-            default = _methods.default_checkpoint(_methods.get_spec(method))
-            if default:
-                out.append((f"bundled: {os.path.basename(default)}", DEFAULT))
+            for i, (key, path) in enumerate(_methods.shipped_checkpoints(_methods.get_spec(method))):
+                out.append((f"bundled: {key}", DEFAULT if i == 0 else path))
         seen = set()
         for path in self._picked + [e["path"] for e in self.recent.entries(method)]:
             if path not in seen:
@@ -128,7 +129,7 @@ class InferenceWidget(WorkerControls, Container):
 
     def _on_method(self, name) -> None:
         spec = _methods.get_spec(name) if name else None
-        cls, include = _methods.inference_form_source(spec) if spec else (None, None)
+        cls, include = _methods.inference_fields(spec) if spec else (None, None)
         self.params.set_config(cls, include)
         self.checkpoint.reset_choices()
         if spec is not None and not self.checkpoint.choices:
@@ -143,7 +144,7 @@ class InferenceWidget(WorkerControls, Container):
 
         if not value or not self.method.value:
             return
-        path = _methods.default_checkpoint(_methods.get_spec(self.method.value)) if value == DEFAULT else value
+        path = _methods.get_spec(self.method.value).default_checkpoint() if value == DEFAULT else value
         if not path:
             return
         try:
@@ -209,12 +210,15 @@ class InferenceWidget(WorkerControls, Container):
         checkpoint = None if checkpoint in (None, DEFAULT) else checkpoint
         device = None if self.device.value == "auto" else self.device.value
         slide_path = layer.metadata[META_SLIDE]
+        opened = layer.metadata.get(META_SLIDE_OBJECT)
+        slide = opened if opened is not None and not getattr(opened, "_closed", False) else slide_path
         mpp = slide_mpp(layer)
         run_key = f"{spec.name}:{slide_path}"
 
         def make():
-            return _methods.infer_generator(spec, slide_path, checkpoint, device=device,
-                                            region=region, params=params)
+            # in the worker: a first run loads the model, later runs reuse it
+            model = self.models.get(spec, checkpoint, device)
+            return (yield from _methods.infer_generator(spec, slide, model, region=region, params=params))
 
         def on_result(result):
             replace_layers(self.viewer, result_to_layers(result, mpp=mpp), run_key,
