@@ -38,7 +38,7 @@ def add_train_parser(subparsers) -> None:
                    "architecture) with a fresh optimizer and schedule: fine-tuning")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0, help="image decoding threads")
+    p.add_argument("--workers", type=int, help="image decoding threads")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     _add_method_flags(p, "train")
     p.set_defaults(func=train_cmd)
@@ -128,17 +128,26 @@ def train_cmd(args) -> int:
         torch.set_num_threads(args.threads)
     spec = get_method(args.method)
     config = _config_from_args(spec, args.set)
+    import dataclasses
+
+    from ..errors import GlimpseError
     from ._method_flags import collect
 
     chosen = collect(args, _method_flags(spec, "train"))
+    # the common flags are config fields too (training options live in the config)
+    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+    for name in ("epochs", "lr", "batch_size", "epoch_size", "val_limit", "workers"):
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if name not in fields:
+            raise GlimpseError(f"--{name.replace('_', '-')}: {spec.name} has no config field {name!r}")
+        chosen[name] = value
     if chosen:
-        import dataclasses
-
         config = dataclasses.replace(config, **chosen)
     path = _drive(spec.train(
         args.data, args.out, val_dir=args.val, config=config, resume=args.resume, device=args.device,
-        seed=args.seed, workers=args.workers, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        epoch_size=args.epoch_size, val_limit=args.val_limit, init=args.init,
+        seed=args.seed, init=args.init,
     ))
     from ..runtime.distributed import is_main_process
 
