@@ -203,3 +203,15 @@ def test_torchrun_is_refused_without_ddp_support(tmp_path, monkeypatch):
     with pytest.raises(GlimpseError, match="one process"):
         next(_fit(tmp_path / "m.safetensors", ToyConfig()))
     assert not list(tmp_path.iterdir())
+
+
+def test_training_options_are_config_fields_not_keywords(tmp_path):
+    # epochs / lr / batch_size / epoch_size / workers used to be keywords that unknown names
+    # slipped past silently; now they are config fields and a stray keyword is a TypeError
+    from napari_glimpse.methods.celnet.training import train_celnet
+    from napari_glimpse.methods.glimpse_tree.training import train as train_tree
+
+    with pytest.raises(TypeError, match="epochs"):
+        train_celnet(tmp_path, tmp_path / "m.safetensors", epochs=1)
+    with pytest.raises(TypeError, match="strategy"):
+        train_tree(tmp_path, tmp_path / "m.safetensors", strategy="mil")
