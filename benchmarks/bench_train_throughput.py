@@ -20,10 +20,9 @@ from torch import nn
 
 from napari_glimpse.methods.backbones import SmallCNN
 from napari_glimpse.methods.celnet.model import MAM, CELNet, CELNetConfig
-from napari_glimpse.methods.celnet.training import default_checkpoint
+from napari_glimpse.methods.celnet.training import deep_supervision_loss, default_checkpoint
 from napari_glimpse.runtime.checkpoint import config_from_checkpoint, load_checkpoint
 from napari_glimpse.runtime.cpu_memory import default_allocator, keep_freed_memory
-from napari_glimpse.runtime.training import deep_supervision_loss
 
 
 class _NoMAM(nn.Module):

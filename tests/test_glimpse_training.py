@@ -33,8 +33,9 @@ def test_training_runs_and_alternates(mosaics, tmp_path, strategy, target):  # n
 
     folder, _ = mosaics
     spec = get_method("glimpse-tree")
-    out, events = _run(spec.train(folder, tmp_path / "m.safetensors", val_dir=folder, strategy=strategy,
-                                  config=GlimpseTreeConfig(**SMALL, policy_target=target, policy_passes=2)))
+    out, events = _run(spec.train(folder, tmp_path / "m.safetensors", val_dir=folder,
+                                  config=GlimpseTreeConfig(**SMALL, strategy=strategy, policy_target=target,
+                                                           policy_passes=2)))
     epochs = [e for e in events if e.stage == "epoch"]
     assert [e.metrics.get("epoch") for e in epochs] == [1, 2, 3]
     assert "(warm-up C)" in epochs[0].message and "(C)" in epochs[1].message and "(P)" in epochs[2].message
@@ -46,7 +47,7 @@ def test_training_runs_and_alternates(mosaics, tmp_path, strategy, target):  # n
     # after the P epoch (the last), whatever the target, the policies' batch-norm statistics are
     # recomputed over the four one-region mosaics: one batch per region and level (the two
     # passes of policy steps alone would leave 8)
-    from napari_glimpse.runtime.training import last_path
+    from napari_glimpse.runtime.fit import last_path
 
     state = load_checkpoint(last_path(out)).model_state
     assert {int(v) for k, v in state.items() if k.startswith("policies.") and k.endswith("num_batches_tracked")} == {4}
@@ -55,7 +56,7 @@ def test_training_runs_and_alternates(mosaics, tmp_path, strategy, target):  # n
 def test_resume_is_exact(mosaics, tmp_path):  # noqa: F811
     from napari_glimpse.methods.glimpse_tree.training import train
     from napari_glimpse.runtime.checkpoint import load_checkpoint
-    from napari_glimpse.runtime.training import last_path
+    from napari_glimpse.runtime.fit import last_path
 
     folder, _ = mosaics
     cfg = GlimpseTreeConfig(**SMALL)
@@ -168,9 +169,8 @@ def test_policy_only_training_keeps_c_and_computes_score_maps_once(mosaics, tmp_
     init = save_checkpoint(tmp_path / "init.safetensors", method="glimpse-tree", config=tiny_model.config,
                            model_state=tiny_model.state_dict())
     cfg = GlimpseTreeConfig(**{**SMALL, "epochs": 2, "train_classifier": False, "policy_target": "dense-max",
-                               "policy_pos_weight": 10.0, "val_seeds": 2})
-    out, events = _run(train(folder, tmp_path / "p.safetensors", val_dir=folder, strategy="mil", config=cfg,
-                             init=init))
+                               "policy_pos_weight": 10.0, "val_seeds": 2, "strategy": "mil"})
+    out, events = _run(train(folder, tmp_path / "p.safetensors", val_dir=folder, config=cfg, init=init))
     epochs = [e for e in events if e.stage == "epoch"]
     assert len(epochs) == 2 and all("(P)" in e.message for e in epochs)
     assert not any(e.stage == "load" and "warm-up" in e.message for e in events)

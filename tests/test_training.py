@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -15,7 +16,8 @@ from napari_glimpse.methods.celnet.model import CELNetConfig, build_model
 from napari_glimpse.methods.celnet.training import train_celnet
 from napari_glimpse.runtime.checkpoint import load_checkpoint
 from napari_glimpse.runtime.datasets import augment_batch, load_patch_folder
-from napari_glimpse.runtime.training import last_path, roc_auc
+from napari_glimpse.runtime.fit import last_path
+from napari_glimpse.runtime.training import roc_auc
 
 TINY = CELNetConfig(widths=(4, 8, 8), reduction=2, blocks=1, batch_size=4, lr=0.01, epochs=2)
 
@@ -102,8 +104,8 @@ def test_colour_jitter_is_seeded_bounded_and_varies_per_patch():
 
 
 def test_tta_averages_the_eight_rotations_and_flips(folders):
+    from napari_glimpse.methods.celnet.training import evaluate
     from napari_glimpse.runtime.datasets import dihedral
-    from napari_glimpse.runtime.training import evaluate
 
     torch.manual_seed(0)
     model = build_model(TINY).eval()
@@ -224,7 +226,7 @@ def test_keep_freed_memory_sets_glibc_thresholds_and_can_be_turned_off(monkeypat
 def test_init_fine_tunes_from_a_checkpoint_and_refuses_another_method(folders, tmp_path, capsys):
     # a tiny lr and no momentum: one epoch leaves the init's weights all but unchanged
     base = tmp_path / "base.safetensors"
-    _run(train_celnet(folders / "train", base, config=TINY, epochs=1))
+    _run(train_celnet(folders / "train", base, config=dataclasses.replace(TINY, epochs=1)))
     out = tmp_path / "ft.safetensors"
     cfg = CELNetConfig(**{**TINY.__dict__, "lr": 1e-7, "momentum": 0.0, "weight_decay": 0.0, "epochs": 1})
     _run(train_celnet(folders / "train", out, config=cfg, init=str(base)))

@@ -82,7 +82,7 @@ def train_cmd(args) -> int:
     from ..methods import get_method
     from ..methods.registry import resolve_checkpoint
     from ..runtime.distributed import is_main_process
-    from ..runtime.training import last_path  # TODO(merge): runtime.fit
+    from ..runtime.fit import last_path
     from ._method_flags import collect
     from ._progress import drive
 

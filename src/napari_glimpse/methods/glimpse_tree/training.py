@@ -16,9 +16,10 @@ uniform sampling) and decays by ``temperature_decay`` per alternating epoch down
 ``init`` gave it (fine-tuning the policies of a trained tree); with a dense policy target, C's
 score maps are then computed once and reused.
 
-Checkpoints: ``out`` (best validation slide AUC) and ``<stem>.last.safetensors`` (every
-epoch, with optimizer / scheduler state). Randomness per epoch comes from generators seeded
-with (seed, epoch), so ``resume=True`` continues exactly where an interrupted run stopped.
+The loop, checkpoints and resume are :func:`napari_glimpse.runtime.fit.fit`'s: ``out`` (best
+validation slide AUC, warm-up epochs excluded) and ``<stem>.last.safetensors`` (every epoch,
+with optimizer / scheduler state). Randomness per epoch comes from generators seeded with
+(seed, epoch), so ``resume=True`` continues exactly where an interrupted run stopped.
 """
 
 from __future__ import annotations
@@ -27,15 +28,15 @@ import dataclasses
 import os
 import time
 from collections.abc import Generator
-from pathlib import Path
 
 import numpy as np
 
-from ...errors import CheckpointError, DatasetError
+from ...errors import DatasetError
 from ...runtime.events import Progress
+from ...runtime.fit import Trainer, fit
 from .config import GlimpseTreeConfig
 
-__all__ = ["train", "temperature_at"]
+__all__ = ["GlimpseTreeTrainer", "train", "temperature_at"]
 
 METHOD = "glimpse-tree"
 
@@ -239,21 +240,87 @@ def _validate(model, val_items, config) -> Generator:
     return float(np.mean([roc_auc(labels, row) for row in scores]))
 
 
+class GlimpseTreeTrainer(Trainer):
+    """The glimpse tree's C and policies on slide folders, in one process (see the module notes).
+
+    An epoch inside the warm-up never becomes the best checkpoint: C alone has trained, the
+    policies are still at their initial weights.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.slides: list[_TrainSlide] = []
+        self.val_items: list = []
+
+    def setup(self) -> Generator:
+        import torch
+
+        from .data import find_slides
+        from .model import build_model
+        from .policy_dense import RegionImages
+
+        config = self.config
+        strategy = config.strategy
+        items = find_slides(self.train_dir, need="annotations" if strategy == "supervised" else "labels")
+        if self.val_dir:
+            self.val_items = [i for i in find_slides(self.val_dir, need="labels") if i.label is not None]
+        yield Progress("load", 0, len(items), "opening training slides")
+        self.slides = _open_slides(items, config, strategy)
+        if len({ts.label for ts in self.slides}) < 2:
+            raise DatasetError("training needs positive and negative slides", self.train_dir)
+        if config.train_classifier:
+            self.warm = yield from _warmup_set(self.slides, config, strategy, np.random.default_rng([self.seed, 7]))
+        else:  # policies only: C is never trained, so no warm-up glimpses are read
+            s = config.glimpse_size
+            self.warm = (np.zeros((0, s, s, 3), np.uint8), np.zeros(0, np.float32), np.zeros(0, bool))
+        self.model = build_model(config).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_decay_steps, gamma=config.lr_decay)
+        # C's score maps stay valid across epochs only while C is frozen
+        self.score_cache = {} if not config.train_classifier else None
+        self.images_cache = RegionImages()  # decoded regions for dense policy passes (pixels never change)
+
+    def data_summary(self) -> dict:
+        warm_y = self.warm[1]
+        return {"train": str(self.train_dir), "val": str(self.val_dir) if self.val_dir else None,
+                "slides": len(self.slides), "val_slides": len(self.val_items),
+                "warmup_glimpses": int(len(warm_y)), "warmup_positive": int(warm_y.sum()),
+                "strategy": self.config.strategy}
+
+    def train_epoch(self, epoch: int, net) -> Generator:
+        return (yield from _one_epoch(self.model, self.optimizer, self.scheduler, self.slides, self.warm, self.config,
+                                      self.config.strategy, epoch, self.seed, self.device, self.score_cache,
+                                      self.images_cache))
+
+    def validate(self, epoch: int) -> Generator:
+        if not self.val_items:
+            return None
+        self.model.eval()
+        auc = yield from _validate(self.model, self.val_items, self.config)
+        return {"score": auc, "val_auc": auc}
+
+    def may_be_best(self, epoch: int) -> bool:
+        return not self.config.train_classifier or epoch + 1 >= self.config.warmup_epochs
+
+    def epoch_note(self, record: dict) -> str:
+        return f" ({record['phase']})"
+
+    def close(self) -> None:
+        for ts in self.slides:
+            ts.slide.close()
+        self.slides = []
+
+
 def train(
     train_dir: str | os.PathLike,
     out: str | os.PathLike,
     *,
     val_dir: str | os.PathLike | None = None,
     config: GlimpseTreeConfig | None = None,
-    strategy: str | None = None,
     resume: bool = False,
-    device: str = "auto",
+    device: str | None = "auto",
     seed: int = 0,
-    epochs: int | None = None,
-    lr: float | None = None,
-    batch_size: int | None = None,
     init: str | os.PathLike | None = None,
-    **_ignored,
 ) -> Generator:
     """Train C and the policies; yields Progress, returns the best checkpoint's path.
 
@@ -265,111 +332,24 @@ def train(
         Best checkpoint (``.safetensors``); the latest epoch goes to ``<stem>.last.safetensors``.
     val_dir
         Slides with ``labels.csv``: the tree's slide AUC picks the best epoch.
-    strategy
-        ``"supervised"`` or ``"mil"`` (overrides ``config.strategy``).
+    config
+        Strategy (``"supervised"`` / ``"mil"``), epochs, learning rate, batch size, ...
     resume
         Continue from ``<stem>.last.safetensors`` (weights, optimizer, scheduler, epoch).
     init
         Start from these weights (a glimpse-tree checkpoint of the same architecture, or
         ``"supervised"`` / ``"mil"`` for the shipped ones) with a fresh optimizer and schedule,
         e.g. to train the policies further on a trained C (``train_classifier=False``).
+
+    See :func:`napari_glimpse.runtime.fit.fit` for the files written and the errors.
     """
-    import torch
+    if init is not None:
+        from .api import SHIPPED, shipped_checkpoint
 
-    from ...errors import GlimpseError
-    from ...runtime.distributed import from_env
-
-    if from_env().enabled:
-        # N copies of this single-process loop would each write ``out``.
-        raise GlimpseError("glimpse-tree training runs in one process; torchrun / DDP is supported for celnet")
-
-    from ...runtime.checkpoint import load_checkpoint, load_state_checked, save_checkpoint
-    from ...runtime.device import resolve_device
-    from ...runtime.training import last_path
-    from .data import find_slides
-    from .model import build_model
-
-    config = config or GlimpseTreeConfig()
-    overrides = {k: v for k, v in {"epochs": epochs, "lr": lr, "batch_size": batch_size, "strategy": strategy}.items()
-                 if v is not None}
-    config = dataclasses.replace(config, **overrides) if overrides else config
-    strategy = config.strategy
-    dev = resolve_device(device)
-    out = Path(out)
-    last = last_path(out)
-    if resume and not last.exists() and out.exists():
-        raise CheckpointError("cannot resume: this best checkpoint has no '.last' companion", out)
-
-    items = find_slides(train_dir, need="annotations" if strategy == "supervised" else "labels")
-    val_items = [i for i in find_slides(val_dir, need="labels") if i.label is not None] if val_dir else []
-    yield Progress("load", 0, len(items), "opening training slides")
-    slides = _open_slides(items, config, strategy)
-    if len({ts.label for ts in slides}) < 2:
-        raise DatasetError("training needs positive and negative slides", train_dir)
-    try:
-        if config.train_classifier:
-            warm = yield from _warmup_set(slides, config, strategy, np.random.default_rng([seed, 7]))
-        else:  # policies only: C is never trained, so no warm-up glimpses are read
-            s_ = config.glimpse_size
-            warm = (np.zeros((0, s_, s_, 3), np.uint8), np.zeros(0, np.float32), np.zeros(0, bool))
-        torch.manual_seed(seed)
-        model = build_model(config).to(dev)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_decay_steps, gamma=config.lr_decay)
-        start, best, history = 0, None, []
-        if init is not None and not (resume and last.exists()):
-            from .api import SHIPPED, shipped_checkpoint
-
-            if str(init) in SHIPPED:  # "supervised" / "mil": the shipped weights of that strategy
-                init = shipped_checkpoint(str(init)) or init
-            load_state_checked(model, load_checkpoint(init, expected_method=METHOD))
-        if resume and last.exists():
-            ckpt = load_checkpoint(last, expected_method=METHOD)
-            load_state_checked(model, ckpt)
-            if ckpt.optimizer_state is not None:
-                optimizer.load_state_dict(ckpt.optimizer_state)
-            scheduler.load_state_dict(ckpt.header.get("scheduler", {}))
-            start, best, history = ckpt.epoch, ckpt.header.get("best"), list(ckpt.header.get("history", []))
-            yield Progress("resume", start, config.epochs, f"resumed from {last} at epoch {start}")
-        summary = {"train": str(train_dir), "val": str(val_dir) if val_dir else None, "slides": len(slides),
-                   "val_slides": len(val_items), "warmup_glimpses": int(len(warm[1])),
-                   "warmup_positive": int(warm[1].sum()), "strategy": strategy, "seed": seed, "device": str(dev),
-                   "init": str(init) if init else None}
-        # C's score maps stay valid across epochs only while C is frozen
-        score_cache = {} if not config.train_classifier else None
-        from .policy_dense import RegionImages
-
-        images_cache = RegionImages()  # decoded regions for dense policy passes (pixels never change)
-        for epoch in range(start, config.epochs):
-            yield from _one_epoch(model, optimizer, scheduler, slides, warm, config, strategy, epoch, seed, dev,
-                                  history, score_cache, images_cache)
-            record = history[-1]
-            if val_items:
-                model.eval()
-                record["val_auc"] = yield from _validate(model, val_items, config)
-                score = record["val_auc"]
-            else:
-                score = -record["loss"]
-            warmed = not config.train_classifier or epoch + 1 >= config.warmup_epochs
-            improved = warmed and (best is None or not score <= best["score"])
-            if improved:
-                best = {"epoch": epoch + 1, "score": score}
-            header = {"classes": ["normal", "tumour"], "mpp": float(config.mpp), "epoch": epoch + 1,
-                      "training": summary, "metrics": record, "history": history, "best": best,
-                      "scheduler": scheduler.state_dict()}
-            save_checkpoint(last, method=METHOD, config=config, model_state=model.state_dict(), header=header,
-                            optimizer_state=optimizer.state_dict(), rng_state={"torch": torch.get_rng_state()})
-            if improved:
-                save_checkpoint(out, method=METHOD, config=config, model_state=model.state_dict(), header=header)
-            yield Progress("epoch", epoch + 1, config.epochs,
-                           f"epoch {epoch + 1}/{config.epochs} ({record['phase']})" + (" (best)" if improved else ""),
-                           {k: v for k, v in record.items() if isinstance(v, (int, float))})
-    finally:
-        for ts in slides:
-            ts.slide.close()
-    if not out.exists():
-        raise CheckpointError("training finished but no best checkpoint was written", out)
-    return str(out)
+        if str(init) in SHIPPED:  # "supervised" / "mil": the shipped weights of that strategy
+            init = shipped_checkpoint(str(init)) or init
+    return (yield from fit(METHOD, GlimpseTreeTrainer, config or GlimpseTreeConfig(), train_dir, out,
+                           val_dir=val_dir, resume=resume, init=init, device=device or "auto", seed=seed))
 
 
 def _phase(config: GlimpseTreeConfig, epoch: int) -> str:
@@ -381,8 +361,9 @@ def _phase(config: GlimpseTreeConfig, epoch: int) -> str:
     return "C" if (epoch - config.warmup_epochs) % 2 == 0 else "P"
 
 
-def _one_epoch(model, optimizer, scheduler, slides, warm, config, strategy, epoch, seed, dev, history,
-               score_cache=None, images_cache=None):
+def _one_epoch(model, optimizer, scheduler, slides, warm, config, strategy, epoch, seed, dev,
+               score_cache=None, images_cache=None) -> Generator:
+    """Train epoch ``epoch`` (0-based) as its phase says; returns the epoch's record."""
     import torch
 
     t0 = time.time()
@@ -445,6 +426,6 @@ def _one_epoch(model, optimizer, scheduler, slides, warm, config, strategy, epoc
             precise_batch_norm(model, training_regions(slides), config,
                                images_cache if images_cache is not None else RegionImages(), rng, dev)
         model.policies.eval()
-    history.append({"epoch": epoch + 1, "phase": phase, "loss": total / max(n, 1), "samples": n,
-                    "temperature": temperature if np.isfinite(temperature) else None,
-                    "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - t0})
+    return {"phase": phase, "loss": total / max(n, 1), "samples": n,
+            "temperature": temperature if np.isfinite(temperature) else None,
+            "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - t0}
