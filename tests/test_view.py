@@ -38,8 +38,11 @@ def test_headless_view_runs_shipped_models(tiny_mosaic, qapp):
             assert m[key] is not None, (name, key)
         assert m["checkpoint"] == methods[name]
         assert m["cached"] is False
-        assert 0.0 <= m["slide_score"] <= 1.0
-        assert m["truth"]["mosaic_label"] in (0, 1)
+        # the mosaic holds tumour; the summary's call is the score at 0.5, judged against that
+        # (tiny inference settings: the call itself may be wrong)
+        assert m["truth"]["mosaic_label"] == 1
+        assert m["truth"]["slide_call"] == int(m["slide_score"] >= 0.5)
+        assert m["truth"]["slide_call_correct"] == (m["truth"]["slide_call"] == 1)
         assert (out / f"mosaic-{name}.png").is_file() and (out / f"mosaic-{name}-window.png").is_file()
         # the Run-model panel in a method's screenshot shows that method's settings
         assert summary["scenes"][f"mosaic-{name}"]["panel_method"] == name
@@ -49,7 +52,7 @@ def test_headless_view_runs_shipped_models(tiny_mosaic, qapp):
         assert h >= 300 and w >= 400, (shot, h, w)
     assert summary["methods"]["celnet"]["layers"] == CELNET_LAYERS
     dice = summary["methods"]["celnet"]["truth"]["evidence mask: Dice with tumour"]
-    assert dice is None or 0.0 <= dice <= 1.0
+    assert dice > 0  # the evidence mask overlaps the tumour cells
     gt = summary["methods"]["glimpse-tree"]["layers"]
     assert "glimpse edges" in gt and any(n.startswith("glimpses L") for n in gt)
     assert any(n.startswith("Q L0") for n in gt)
