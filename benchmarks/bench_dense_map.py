@@ -21,8 +21,8 @@ import time
 import numpy as np
 import torch
 
-from napari_glimpse.methods.celnet.model import CELNet, CELNetConfig
 from napari_glimpse.methods.celnet.inference import dense_tile_probabilities, tile_cells_for
+from napari_glimpse.methods.celnet.model import CELNet, CELNetConfig
 
 
 def main() -> None:

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from napari_glimpse.methods.celnet.model import CELNet, CELNetConfig
 from napari_glimpse.methods.celnet.inference import infer_celnet, load_celnet
+from napari_glimpse.methods.celnet.model import CELNet, CELNetConfig
 from napari_glimpse.runtime.cpu_memory import keep_freed_memory
 from napari_glimpse.slides.writer import write_pyramid
 

@@ -1,6 +1,6 @@
 """Training throughput of CELNet (patches/s) on this machine, against baselines in the same run.
 
-Baselines: CELNet without MAM attention (the paper's "CELNet-"), the small CPU CNN, and MAM with
+Baselines: CELNet without MAM attention (the paper's "CELNet-") and MAM with
 its first implementation (w x w pooling windows, ``amax`` over channels), which computes the same
 numbers as today's separable pools. Prints one line per model and the ratios; CUDA is measured
 too when available.
@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_glimpse.methods.backbones import SmallCNN
 from napari_glimpse.methods.celnet.model import MAM, CELNet, CELNetConfig
 from napari_glimpse.methods.celnet.training import deep_supervision_loss, default_checkpoint
 from napari_glimpse.runtime.checkpoint import config_from_checkpoint, load_checkpoint
@@ -54,17 +53,6 @@ def celnet_without_mam(config: CELNetConfig) -> CELNet:
         if hasattr(m, "mam"):
             m.mam = _NoMAM()
     return model
-
-
-class _Wrap(nn.Module):
-    """Give a plain classifier CELNet's output dict so one loss serves all."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return {"logit": self.net(x)[:, 0]}
 
 
 def patches_per_second(model, device, batch, steps, channels_last=True) -> float:
@@ -115,7 +103,6 @@ def main() -> None:
             "CELNet 3 blocks, stem stride 2": CELNet(CELNetConfig(stem_stride=2)),
             "CELNet 1 block, 16/48/128": CELNet(CELNetConfig(blocks=1, widths=(16, 48, 128))),
             "CELNet- (no MAM, 3 blocks)": celnet_without_mam(CELNetConfig()),
-            "SmallCNN (width 16)": _Wrap(SmallCNN(16)),
         }
         rates = {}
         for name, model in models.items():

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_glimpse.evaluate import dice, roc_auc
 from napari_glimpse.methods.celnet.celm import evidence_mask
 from napari_glimpse.methods.celnet.inference import infer, load_celnet
 from napari_glimpse.mosaic import CELL_SIZE, make_mosaics
 from napari_glimpse.runtime.checkpoint import edit_config
 from napari_glimpse.runtime.cpu_memory import keep_freed_memory
 from napari_glimpse.runtime.events import run_to_end
-from napari_glimpse.runtime.training import roc_auc
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 THRESHOLDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
@@ -48,11 +48,6 @@ def truth_on_map(mosaic, shape, cell_px: float, origin) -> np.ndarray:
     ys = ((origin[1] + (np.arange(shape[0]) + 0.5) * cell_px) // CELL_SIZE).astype(int).clip(0, rows - 1)
     xs = ((origin[0] + (np.arange(shape[1]) + 0.5) * cell_px) // CELL_SIZE).astype(int).clip(0, cols - 1)
     return tumour[np.ix_(ys, xs)]
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
 
 
 def scores(model, mosaics, a: float, b: float, mask_sigma: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

@@ -51,9 +51,9 @@ def main(argv=None) -> int:
 
     import torch
 
+    from napari_glimpse.evaluate import roc_auc
     from napari_glimpse.methods.glimpse_tree.api import evaluate, infer, load_model  # noqa: F401
     from napari_glimpse.methods.glimpse_tree.data import find_slides
-    from napari_glimpse.runtime.training import roc_auc
 
     torch.set_num_threads(args.threads)
     items = [i for i in find_slides(args.data, need="labels") if i.label is not None]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_glimpse.methods.backbones import SmallCNN, resnet18, resnet34
+from napari_glimpse.methods.backbones import resnet18, resnet34
 from napari_glimpse.methods.celnet.model import CELNet, CELNetConfig
 
 
@@ -133,11 +133,6 @@ def test_resnet_state_dict_matches_torchvision_layout(build, layers):
     assert state["fc.weight"].shape == (1000, 512)
     n = sum(t.numel() for k, t in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     assert n == {(2, 2, 2, 2): 11_689_512, (3, 4, 6, 3): 21_797_672}[layers]
-
-
-def test_small_cnn_runs_on_a_patch():
-    out = SmallCNN(width=8)(torch.rand(2, 3, 96, 96))
-    assert out.shape == (2, 1)
 
 
 def test_local_channel_attention_pools_a_full_window_around_each_cell():

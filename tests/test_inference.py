@@ -10,8 +10,8 @@ import torch
 from fake_slides import FakeSlide, FakeTissue
 
 from napari_glimpse.methods.celnet.celm import CELMParams
-from napari_glimpse.methods.celnet.model import CELNet, CELNetConfig
 from napari_glimpse.methods.celnet.inference import dense_tile_probabilities, infer_celnet
+from napari_glimpse.methods.celnet.model import CELNet, CELNetConfig
 from napari_glimpse.runtime.inference import (
     WindowGrid,
     classify_windows,

@@ -11,7 +11,12 @@ import pytest
 from napari_glimpse.config import check, config_from_dict, fields_of, param
 from napari_glimpse.methods import MethodSpec, get_method, list_methods, register
 from napari_glimpse.methods.celnet.config import CELNetConfig, CELNetInferConfig
-from napari_glimpse.methods.registry import infer_config_for, resolve, resolve_checkpoint, shipped_checkpoint
+from napari_glimpse.methods.registry import (
+    infer_config_for,
+    resolve,
+    resolve_checkpoint,
+    shipped_checkpoint,
+)
 
 
 def test_built_in_methods_are_registered_with_resolvable_references():

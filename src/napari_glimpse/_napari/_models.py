@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 
 @dataclass
 class MethodRun:
@@ -117,68 +115,3 @@ def run_models(
         runs.append(run)
         yield run
     return runs
-
-
-# ------------------------------------------------------------------------ truth check
-
-
-def _in_mask(mask, xy: np.ndarray) -> np.ndarray:
-    """Whether level-0 (x, y) points fall on a labelled pixel of a LabelMask."""
-    xy = np.asarray(xy, dtype=float).reshape(-1, 2)
-    if not len(xy):
-        return np.zeros(0, bool)
-    m = mask.mask
-    col = np.clip((xy[:, 0] / mask.downsample).astype(int), 0, m.shape[1] - 1)
-    row = np.clip((xy[:, 1] / mask.downsample).astype(int), 0, m.shape[0] - 1)
-    inside = (xy[:, 0] >= 0) & (xy[:, 1] >= 0)
-    return inside & (m[row, col] > 0)
-
-
-def truth_check(result, mask, label: int | None) -> dict[str, Any]:
-    """How a result agrees with the mosaic's truth (tumour mask, slide label).
-
-    Points layers (e.g. CELNet's NMS peaks): how many fall in tumour. Boxes with a
-    ``score`` (glimpse-tree leaves): whether the top-scored box's centre is in tumour, and
-    how many leaves are. Maps: whether the argmax cell of the first heatmap is in tumour;
-    label maps (evidence masks): their Dice with the tumour mask, at the map's cells.
-    """
-    out: dict[str, Any] = {"mosaic_label": label}
-    if result.slide_score is not None and label is not None:
-        out["slide_call"] = int(result.slide_score >= 0.5)
-        out["slide_call_correct"] = out["slide_call"] == label
-    for p in result.points:
-        hit = _in_mask(mask, p.xy)
-        out[f"{p.name}: in tumour"] = f"{int(hit.sum())}/{len(hit)}"
-        if len(hit):
-            out["points_in_tumour_fraction"] = round(float(hit.mean()), 3)
-    scored = [b for b in result.boxes if "score" in b.properties and len(b.boxes)]
-    leaves = [b for b in scored if "leaves" in b.name] or scored[-1:]
-    for b in leaves:
-        boxes = np.asarray(b.boxes, dtype=float).reshape(-1, 4)
-        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-        hit = _in_mask(mask, centres)
-        top = int(np.argmax(np.asarray(b.properties["score"], dtype=float)))
-        out[f"{b.name}: centre in tumour"] = f"{int(hit.sum())}/{len(hit)}"
-        out["top_glimpse_in_tumour"] = bool(hit[top])
-        out["top_glimpse_score"] = round(float(b.properties["score"][top]), 4)
-    # A method's first heatmap is its tumour map unless it scores boxes (glimpse-tree's
-    # maps are policy Q maps: where to look, not where tumour is).
-    heat = [] if scored else [m for m in result.maps if m.kind != "labels" and np.ndim(m.data) == 2]
-    if heat:
-        m = heat[0]
-        data = np.nan_to_num(np.asarray(m.data, dtype=float), nan=-np.inf)
-        r, c = np.unravel_index(int(np.argmax(data)), data.shape)
-        sx, sy = (m.cell_size, m.cell_size) if np.isscalar(m.cell_size) else m.cell_size
-        xy = np.array([[m.origin[0] + (c + 0.5) * sx, m.origin[1] + (r + 0.5) * sy]])
-        out[f"argmax of {m.name!r} in tumour"] = bool(_in_mask(mask, xy)[0])
-    for m in result.maps:  # label maps (e.g. CELNet's evidence mask): overlap with the tumour
-        if m.kind != "labels" or np.ndim(m.data) != 2 or not np.size(m.data):
-            continue
-        rows, cols = np.shape(m.data)
-        sx, sy = (m.cell_size, m.cell_size) if np.isscalar(m.cell_size) else m.cell_size
-        yy, xx = np.mgrid[0:rows, 0:cols]
-        centres = np.stack([m.origin[0] + (xx.ravel() + 0.5) * sx, m.origin[1] + (yy.ravel() + 0.5) * sy], 1)
-        truth, pred = _in_mask(mask, centres), np.asarray(m.data).ravel() > 0
-        total = int(truth.sum() + pred.sum())
-        out[f"{m.name}: Dice with tumour"] = round(2 * int((truth & pred).sum()) / total, 3) if total else None
-    return out

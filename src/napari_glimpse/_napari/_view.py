@@ -406,8 +406,8 @@ class _ModelJob:
 
     def add(self, run) -> None:
         """Add one method's layers (replacing an earlier run's) and summarise it."""
+        from ..evaluate import truth_check
         from ..layers import result_to_layers
-        from ._models import truth_check
         from .widgets._common import replace_layers
 
         entry: dict[str, Any] = {"checkpoint": run.checkpoint, "cache_dir": run.cache_dir,

@@ -34,7 +34,12 @@ def mask_shape(slide_dims: tuple[int, int], downsample: float) -> tuple[int, int
 
 
 def _fill_rings(rings: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """Even-odd fill of closed rings (mask-pixel coordinates) sampled at pixel centres."""
+    """Even-odd fill of closed rings (mask-pixel coordinates) sampled at pixel centres.
+
+    Not ``skimage.draw.polygon``: it also fills pixels whose centre lies on an edge, so two
+    polygons sharing an edge would both claim those pixels; the half-open rule here gives
+    each pixel to one of them.
+    """
     rows, cols = shape
     out = np.zeros(shape, bool)
     p0 = np.concatenate(rings)

@@ -8,7 +8,6 @@ vectors (see :mod:`napari_glimpse.runtime.results_io`). The model is loaded once
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 

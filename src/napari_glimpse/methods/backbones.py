@@ -2,8 +2,7 @@
 
 ``resnet18`` / ``resnet34`` use torchvision's parameter names (``conv1``, ``bn1``,
 ``layer1.0.conv1``, ..., ``layer2.0.downsample.0``, ``fc``), so a user's ImageNet
-``resnet18-*.pth`` loads with :func:`load_torchvision_weights`. ``SmallCNN`` is a fast
-CPU-friendly backbone for tests and demos.
+``resnet18-*.pth`` loads with :func:`load_torchvision_weights`.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 
-__all__ = ["ResNet", "resnet18", "resnet34", "SmallCNN", "build_backbone", "load_torchvision_weights"]
+__all__ = ["ResNet", "resnet18", "resnet34", "build_backbone", "load_torchvision_weights"]
 
 
 class BasicBlock(nn.Module):
@@ -89,40 +88,11 @@ def resnet34(num_classes: int = 1000) -> ResNet:
     return ResNet((3, 4, 6, 3), num_classes)
 
 
-class SmallCNN(nn.Module):
-    """Four conv-BN-ReLU stages (stride 2 each) and a linear head: fast on a CPU.
-
-    Parameters
-    ----------
-    width : int
-        Channels of the first stage; doubled at each stage.
-    num_classes : int
-        Outputs of ``fc``.
-    """
-
-    def __init__(self, width: int = 16, num_classes: int = 1):
-        super().__init__()
-        layers, cin = [], 3
-        for i in range(4):
-            cout = width * 2**i
-            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-            cin = cout
-        self.features = nn.Sequential(*layers)
-        self.out_channels = cin
-        self.fc = nn.Linear(cin, num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x).mean(dim=(2, 3)))
-
-
-_BACKBONES = {"resnet18": resnet18, "resnet34": resnet34, "small": SmallCNN}
+_BACKBONES = {"resnet18": resnet18, "resnet34": resnet34}
 
 
 def build_backbone(name: str, num_classes: int = 1000) -> nn.Module:
-    """``"resnet18"``, ``"resnet34"`` or ``"small"``."""
+    """``"resnet18"`` or ``"resnet34"``."""
     try:
         return _BACKBONES[name](num_classes=num_classes)
     except KeyError:

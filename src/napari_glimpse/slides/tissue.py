@@ -40,20 +40,26 @@ class TissueMask:
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of ``values`` (uint8-range): maximises the between-class variance."""
+    """Otsu's threshold of ``values`` (uint8-range): maximises the between-class variance.
+
+    The histogram has ``bins`` fixed bins over 0..256 (not the data's range), so a threshold
+    means the same saturation on every slide; the returned value is the upper edge of the
+    best "low" class, i.e. ``values >= threshold`` is the high class. With fewer than two
+    populated bins there is nothing to split: the threshold is above every value (0.0 for no
+    values).
+    """
+    from skimage.filters import threshold_otsu
+
     values = np.asarray(values).ravel()
     if values.size == 0:
         return 0.0
     hist, edges = np.histogram(values, bins=bins, range=(0, 256))
+    if np.count_nonzero(hist) < 2:
+        return float(edges[np.flatnonzero(hist)[-1] + 1])
     centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist).astype(float)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres)
-    mu0 = np.divide(m0, w0, out=np.zeros_like(m0), where=w0 > 0)
-    mu1 = np.divide(m0[-1] - m0, w1, out=np.zeros_like(m0), where=w1 > 0)
-    between = w0 * w1 * (mu0 - mu1) ** 2
-    # The threshold sits at the upper edge of the best "low" class.
-    return float(edges[int(np.argmax(between)) + 1])
+    # skimage returns the centre of the last bin of the low class; the high class starts at
+    # that bin's upper edge.
+    return float(threshold_otsu(hist=(hist, centres)) + (edges[1] - edges[0]) / 2)
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:

@@ -270,6 +270,9 @@ def nms_peaks(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Iterative non-maximum suppression on a probability map.
 
+    Not ``skimage.feature.peak_local_max``: that keeps only local maxima, so a broad tumour
+    region gives one peak, where this also takes cells down its slopes (every ``min_distance``).
+
     Repeatedly take the highest cell, then zero every cell within ``min_distance`` cells
     (Euclidean) of it, until the maximum is below ``min_score`` or ``max_peaks`` were taken.
 

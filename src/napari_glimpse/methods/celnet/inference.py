@@ -20,7 +20,6 @@ evidence mask (labels), NMS peaks (points with ``score``) and the slide score (t
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
@@ -30,7 +29,6 @@ import numpy as np
 import torch
 
 from ...results import InferenceResult, SlideMap, SlidePoints
-from ...runtime.run import top_evidence
 from ...runtime.inference import (
     RunStats,
     WindowGrid,
@@ -42,6 +40,7 @@ from ...runtime.inference import (
     tissue_on_cells,
     working_grid,
 )
+from ...runtime.run import top_evidence
 from .celm import CELMParams, compute_celm, evidence_mask, nms_peaks
 from .config import CELNetConfig, CELNetInferConfig  # noqa: F401
 from .dense import count_pieces, default_piece, iter_tile_probabilities, to_tensor

@@ -51,6 +51,7 @@ Consequences, which both paths must respect:
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn

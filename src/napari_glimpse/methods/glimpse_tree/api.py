@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Generator
 
 import numpy as np
 
@@ -142,8 +142,8 @@ def evaluate(data_dir, model, config: GlimpseTreeInferConfig, *, limit: int = 0)
     seconds_per_slide, patches_per_slide, scores, labels, ...}."""
     import dataclasses
 
+    from ...evaluate import roc_auc
     from ...runtime.events import run_to_end
-    from ...runtime.training import roc_auc
     from .data import find_slides
 
     items = [i for i in find_slides(data_dir, need="labels") if i.label is not None]

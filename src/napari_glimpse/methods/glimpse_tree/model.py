@@ -12,7 +12,7 @@ from torch import nn
 
 from .config import GlimpseTreeConfig
 
-__all__ = ["GlimpseClassifier", "PolicyUNet", "GlimpseTree", "build_model", "count_parameters"]
+__all__ = ["GlimpseClassifier", "PolicyUNet", "GlimpseTree", "build_model"]
 
 _MEAN = (0.70, 0.55, 0.70)
 _STD = (0.20, 0.25, 0.20)
@@ -131,7 +131,3 @@ class GlimpseTree(nn.Module):
 def build_model(config: GlimpseTreeConfig | None = None) -> GlimpseTree:
     """The registry's ``build_model``."""
     return GlimpseTree(config or GlimpseTreeConfig())
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

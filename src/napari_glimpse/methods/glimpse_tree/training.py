@@ -224,7 +224,7 @@ def _jitter_box(box, fraction: float, dimensions, rng) -> tuple[float, float, fl
 
 
 def _validate(model, val_items, config) -> Generator:
-    from ...runtime.training import roc_auc
+    from ...evaluate import roc_auc
     from .api import infer_slide
 
     seeds = [config.seed + k for k in range(config.val_seeds)]

@@ -7,7 +7,7 @@ child's ``node_id`` and its ``parent_id``. :func:`subtree` works on any of these
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -145,6 +145,3 @@ def subtree(result_or_tree, node_id: int) -> list[int]:
         queue.extend(sorted(children.get(n, [])))
     return out
 
-
-def iter_ids(values: Iterable) -> list[int]:
-    return [int(v) for v in values]

@@ -8,7 +8,7 @@ restricted to the central c px, on the training patches, and scores it on the va
 patches. If the centre hypothesis held, some c < 96 (or full + centre) would fit or generalise
 better than c = 96.
 
-    python benchmarks/celnet_centre_probe.py --data ../shared/data/pcam/train --val ../shared/data/pcam/valid \
+    python benchmarks/experiments/celnet_centre_probe.py --data ../shared/data/pcam/train --val ../shared/data/pcam/valid \
         [--checkpoint CKPT] [--cache pooled.npz]
 
 The pooled descriptors take about 6 min on 2 cores for 23,000 patches; ``--cache`` keeps them
@@ -24,10 +24,10 @@ import time
 import numpy as np
 import torch
 
+from napari_glimpse.evaluate import roc_auc
 from napari_glimpse.methods.celnet.training import default_checkpoint
 from napari_glimpse.runtime.checkpoint import load_model
 from napari_glimpse.runtime.datasets import load_patch_folder
-from napari_glimpse.runtime.training import roc_auc
 
 CENTRES = (96, 80, 64, 48, 32)
 

@@ -12,7 +12,7 @@ is how much 'All' itself depends on where its grid starts. Nothing is learnt: th
 maxima, and the maximum over all grids is what a perfect policy would find with leaves
 restricted to those positions.
 
-    python benchmarks/glimpse_position.py --model mil --data runs/glimpse/val --k 2 --json bench-out/position.json
+    python benchmarks/experiments/glimpse_position.py --model mil --data runs/glimpse/val --k 2 --json bench-out/position.json
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ def main(argv=None) -> int:
 
     import torch
 
+    from napari_glimpse.evaluate import roc_auc
     from napari_glimpse.methods.glimpse_tree.api import load_model
     from napari_glimpse.methods.glimpse_tree.data import find_slides
     from napari_glimpse.methods.glimpse_tree.inference import GlimpseReader, plan_regions, run_all
-    from napari_glimpse.runtime.training import roc_auc
     from napari_glimpse.slides import open_slide
     from napari_glimpse.slides.tissue import tissue_mask
 

@@ -7,7 +7,7 @@ leaves). For each model and branching: the tree's slide AUC over ``--reps`` samp
 and SD), All's AUC, and the gap tree - All with a 95 % interval from resampling the slides
 (stratified by label, the seeds' mean AUC recomputed per resample). One thread, as Table 1.
 
-    python benchmarks/glimpse_branching.py --data runs/glimpse/val --models supervised mil \\
+    python benchmarks/experiments/glimpse_branching.py --data runs/glimpse/val --models supervised mil \\
         --branchings 2x4 4x2 --json bench-out/branching.json
 
 ``--pool A.json B.json ...`` runs nothing: it joins the per-slide scores of earlier ``--json``
@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from napari_glimpse.evaluate import roc_auc, stratified_resamples
 
 
 def main(argv=None) -> int:
@@ -45,7 +47,6 @@ def main(argv=None) -> int:
     from napari_glimpse.methods.glimpse_tree.api import infer, load_model
     from napari_glimpse.methods.glimpse_tree.data import find_slides
     from napari_glimpse.runtime.events import run_to_end
-    from napari_glimpse.runtime.training import roc_auc
 
     torch.set_num_threads(1)
     items = [i for i in find_slides(args.data, need="labels") if i.label is not None]
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
     if len(set(y)) < 2:
         raise SystemExit(f"{args.data}: need slides of both labels in labels.csv")
     branchings = [tuple(int(v) for v in b.split("x")) for b in args.branchings]
-    boots = _resamples(y, args.boot)
+    boots = stratified_resamples(y, args.boot)
     out = {"data": str(args.data), "slides": len(items), "positive": int(y.sum()), "labels": y.tolist(),
            "temperature": args.temperature, "reps": args.reps, "models": {}}
     print(f"{len(items)} slides ({int(y.sum())} with tumour), T = {args.temperature}, {args.reps} seeds\n\n"
@@ -85,17 +86,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def _resamples(y: np.ndarray, n: int) -> list[np.ndarray]:
-    """Bootstrap resamples of the slides, stratified by label (each keeps its count of positives)."""
-    rng = np.random.default_rng(0)
-    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    return [np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)]) for _ in range(n)]
-
-
 def _gap(y, scores, all_scores, boots) -> dict:
     """The tree's AUC over seeds (mean, SD) and its gap to All with a 95 % bootstrap interval."""
-    from napari_glimpse.runtime.training import roc_auc
-
     aucs = [roc_auc(y, s) for s in scores]
     gap = float(np.mean(aucs) - roc_auc(y, all_scores))
     boot = [np.mean([roc_auc(y[ix], s[ix]) for s in scores]) - roc_auc(y[ix], all_scores[ix]) for ix in boots]
@@ -112,13 +104,11 @@ def _row(name, branching, r: dict, all_auc: float, seconds: str) -> None:
 
 def _pool(args) -> int:
     """One table over the slides of several earlier runs (the settings they all share)."""
-    from napari_glimpse.runtime.training import roc_auc
-
     docs = [json.loads(Path(p).read_text()) for p in args.pool]
     if len({(d["temperature"], d["reps"]) for d in docs}) != 1:
         raise SystemExit("--pool: the runs differ in temperature or seeds")
     y = np.concatenate([np.array(d["labels"]) for d in docs])
-    boots = _resamples(y, args.boot)
+    boots = stratified_resamples(y, args.boot)
     print(f"{len(y)} slides ({int(y.sum())} with tumour) from {', '.join(d['data'] for d in docs)}, "
           f"T = {docs[0]['temperature']}, {docs[0]['reps']} seeds\n\n"
           "| model | branching | tree AUC | All AUC | gap (95 % CI) | slides |\n|---|---|---|---|---|---|")

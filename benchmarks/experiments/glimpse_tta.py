@@ -2,7 +2,7 @@
 glimpse it scores (tree leaves and All tiles alike). Not a package option: on the validation
 mosaics it lowered tree and All alike (docs/glimpse_table1.md).
 
-    python benchmarks/glimpse_tta.py --data runs/glimpse/val --models mil --branchings 2x4
+    python benchmarks/experiments/glimpse_tta.py --data runs/glimpse/val --models mil --branchings 2x4
 """
 import sys
 from pathlib import Path
