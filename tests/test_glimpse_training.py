@@ -33,7 +33,7 @@ def test_training_runs_and_alternates(mosaics, tmp_path, strategy, target):  # n
 
     folder, _ = mosaics
     spec = get_method("glimpse-tree")
-    out, events = _run(spec.train(folder, tmp_path / "m.safetensors", val_dir=folder,
+    out, events = _run(spec.get("train")(folder, tmp_path / "m.safetensors", val_dir=folder,
                                   config=GlimpseTreeConfig(**SMALL, strategy=strategy, policy_target=target,
                                                            policy_passes=2)))
     epochs = [e for e in events if e.stage == "epoch"]
@@ -42,7 +42,10 @@ def test_training_runs_and_alternates(mosaics, tmp_path, strategy, target):  # n
     assert all(np.isfinite(e.metrics["loss"]) for e in epochs)
     ckpt = load_checkpoint(out, expected_method="glimpse-tree")
     assert ckpt.config["strategy"] == strategy
-    model, config, _ = spec.load_model(out, "cpu")
+    from napari_glimpse.methods import load_model
+
+    loaded = load_model(spec, out, "cpu")
+    model, config = loaded.model, loaded.config
     assert config.glimpse_size == 32 and len(model.policies) == 2
     # after the P epoch (the last), whatever the target, the policies' batch-norm statistics are
     # recomputed over the four one-region mosaics: one batch per region and level (the two
@@ -87,9 +90,11 @@ def test_cli_train_mil(mosaics, tmp_path, capsys):  # noqa: F811
 
     folder, _ = mosaics
     out = tmp_path / "cli.safetensors"
-    sets = [f"--set={k}={v}" for k, v in {**SMALL, "epochs": 2}.items()]
+    flags = []
+    for k, v in {**SMALL, "epochs": 2}.items():
+        flags += [f"--{k.replace('_', '-')}", *map(str, v if isinstance(v, tuple) else (v,))]
     rc = main(["train", "glimpse-tree", "--strategy", "mil", "--data", str(folder), "--val", str(folder),
-               "--out", str(out), *sets])
+               "--out", str(out), *flags])
     assert rc == 0
     assert "epoch 2/2" in capsys.readouterr().out
     assert load_checkpoint(out).config["strategy"] == "mil"

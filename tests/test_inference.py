@@ -168,11 +168,12 @@ def test_cli_infer_writes_summary_maps_and_geojson(tmp_path, capsys):
     import json
 
     from napari_glimpse.cli import main
-    from napari_glimpse.methods.celnet.inference import save_celnet
+    from napari_glimpse.runtime.checkpoint import save_checkpoint
     from napari_glimpse.runtime.results_io import load_result
 
     ckpt = tmp_path / "tiny.safetensors"
-    save_celnet(tiny_celnet(), ckpt)
+    model = tiny_celnet()
+    save_checkpoint(ckpt, method="celnet", config=model.config, model_state=model.state_dict())
     slide = str(Path(__file__).resolve().parents[1] / "src/napari_glimpse/_sample_data/cmu-1-small-region.svs")
     rc = main(["infer", "celnet", "--checkpoint", str(ckpt), slide, "--out", str(tmp_path / "out"),
                "--region", "600", "800", "1000", "1100", "--stride", "16", "--quiet"])
@@ -281,22 +282,15 @@ def test_map_ends_where_window_centres_leave_the_region():
 
 
 def test_registry_infer_exposes_and_applies_celnet_parameters(tmp_path):
-    import dataclasses
-    import inspect
+    from napari_glimpse.methods import infer
 
-    from napari_glimpse.methods import get_method
-
-    spec = get_method("celnet")
-    cls = spec.extra["infer_config_cls"]
-    names = {f.name for f in dataclasses.fields(cls)}
-    assert {"stride", "tile_size", "tissue", "celm", "threshold", "celm_a", "celm_b",
-            "evidence_threshold", "nms_min_distance", "nms_max_peaks"} <= names
-    assert names <= set(inspect.signature(spec.infer).parameters)  # the form passes them all
     model = tiny_celnet()
     slide = FakeSlide(textured(128, 128, seed=6), mpp=(1.0, 1.0), downsamples=(1,))
-    low, _ = run(spec.infer(slide, model=model, stride=16, tissue="none", celm=False, threshold=0.0))
-    high, _ = run(spec.infer(slide, model=model, stride=16, tissue="none", celm=False, threshold=1.0))
-    few, _ = run(spec.infer(slide, model=model, stride=16, tissue="none", celm=False, threshold=0.0,
-                            nms_max_peaks=2))
+    kw = {"model": model, "stride": 16, "tissue": "none", "celm": False}
+    low, _ = run(infer("celnet", slide, threshold=0.0, **kw))
+    high, _ = run(infer("celnet", slide, threshold=1.0, **kw))
+    few, _ = run(infer("celnet", slide, threshold=0.0, nms_max_peaks=2, **kw))
+    # the evidence points are the NMS peaks, best first
+    assert low.summary["evidence"][0] == pytest.approx(list(low.points[0].xy[np.argmax(low.points[0].properties["score"])]), abs=0.01)
     assert len(low.points[0].xy) > 2 and len(high.points[0].xy) == 0
     assert len(few.points[0].xy) == 2

@@ -10,7 +10,8 @@ torch = pytest.importorskip("torch")
 
 from test_glimpse_tree import one_thread  # noqa: E402, F401  (fixture: tiny networks run on one thread)
 
-from napari_glimpse.methods import get_method  # noqa: E402
+from napari_glimpse.methods import get_method, load_model
+from napari_glimpse.methods.registry import infer_config_for  # noqa: E402
 from napari_glimpse.runtime.events import run_to_end  # noqa: E402
 
 HELD_OUT = Path(__file__).parent / "data" / "pcam_valid"
@@ -23,7 +24,8 @@ def test_shipped_celnet_beats_chance_on_held_out_pcam():
     spec = get_method("celnet")
     ckpt = spec.default_checkpoint()
     assert ckpt is not None and Path(ckpt).is_file(), "CELNet ships a default checkpoint"
-    metrics = _drain(spec.evaluate(HELD_OUT, None, device="cpu", batch_size=40))
+    model = load_model(spec, None, "cpu")
+    metrics = _drain(spec.get("evaluate")(HELD_OUT, model, infer_config_for(spec, model)))
     assert metrics["n"] == 80
     # Full PCam validation split: accuracy 0.883, AUC 0.948 (README). 80 patches are noisy, so the
     # bar is "clearly better than chance", which a random or constant model does not pass.
@@ -45,7 +47,9 @@ def held_out_mosaics(tmp_path_factory):
 def test_shipped_glimpse_trees_beat_chance_on_held_out_mosaics(held_out_mosaics, strategy, one_thread):  # noqa: F811
     # patches no shipped model saw, in slides none was selected on; N_G = 8, T = 0.05, seed 0.
     # Eight slides are few, so the bar is well above chance, not the README's figures.
-    res = _drain(get_method("glimpse-tree").evaluate(held_out_mosaics, strategy, device="cpu", seed=0))
+    spec = get_method("glimpse-tree")
+    model = load_model(spec, strategy, "cpu")
+    res = _drain(spec.get("evaluate")(held_out_mosaics, model, infer_config_for(spec, model, {"seed": 0})))
     assert res["n"] == 8 and sum(res["labels"]) == 4
     assert res["auc"] >= 0.8, res
     # one region: 1 + n0 + 8 glimpses, (2, 4) for MIL and (4, 2) for supervised (its checkpoint's split)

@@ -141,7 +141,7 @@ def test_cli_train_and_evaluate(folders, tmp_path, capsys):
     out = tmp_path / "cli.safetensors"
     rc = main(["train", "celnet", "--data", str(folders / "train"), "--val", str(folders / "val"),
                "--out", str(out), "--epochs", "1", "--batch-size", "6", "--lr", "0.01",
-               "--set", "widths=[4,8,8]", "--set", "reduction=2", "--set", "blocks=1"])
+               "--widths", "4", "8", "8", "--reduction", "2", "--blocks", "1"])
     assert rc == 0 and out.exists()
     assert "[epoch 1/1]" in capsys.readouterr().out
     rc = main(["evaluate", "celnet", "--checkpoint", str(out), "--data", str(folders / "val")])
@@ -150,7 +150,7 @@ def test_cli_train_and_evaluate(folders, tmp_path, capsys):
     assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["auc"] <= 1.0
     rc = main(["train", "celnet", "--data", str(tmp_path / "missing"), "--out", str(out)])
     assert rc == 1 and "missing: dataset folder not found" in capsys.readouterr().err
-    rc = main(["train", "celnet", "--data", str(folders / "train"), "--out", str(out), "--set", "blocks=0"])
+    rc = main(["train", "celnet", "--data", str(folders / "train"), "--out", str(out), "--blocks", "0"])
     assert rc == 1 and "blocks" in capsys.readouterr().err
 
 
@@ -174,7 +174,7 @@ def test_torchrun_two_processes_share_each_batch(folders, tmp_path):
            f"--master_port={_free_port()}", "-m", "napari_glimpse", "train", "celnet",
            "--data", str(folders / "train"), "--val", str(folders / "val"), "--out", str(out),
            "--epochs", "2", "--batch-size", "4", "--lr", "0.01", "--threads", "1",
-           "--set", "widths=[4,8,8]", "--set", "reduction=2", "--set", "blocks=1"]
+           "--widths", "4", "8", "8", "--reduction", "2", "--blocks", "1"]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -226,10 +226,10 @@ def test_init_fine_tunes_from_a_checkpoint_and_refuses_another_method(folders, t
     assert convs and max(float((a[k] - b[k]).abs().max()) for k in convs) < 1e-4
     assert max(float((a[k] - c[k]).abs().max()) for k in convs) > 1e-2
     # the CLI flag, with a checkpoint of another method: a clear error, nothing written
-    from napari_glimpse.methods.glimpse_tree.api import shipped_checkpoint
+    from napari_glimpse.methods.registry import shipped_checkpoint
 
     rc = main(["train", "celnet", "--data", str(folders / "train"), "--out", str(tmp_path / "x.safetensors"),
-               "--epochs", "1", "--init", shipped_checkpoint("mil"), "--set", "widths=[4,8,8]"])
+               "--epochs", "1", "--init", shipped_checkpoint("glimpse-tree", "mil")])
     err = capsys.readouterr().err
     assert rc == 1 and "glimpse-tree" in err and "celnet" in err
     assert not (tmp_path / "x.safetensors").exists()

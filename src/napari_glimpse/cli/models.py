@@ -69,7 +69,7 @@ def training_config(spec, flags: dict, *, init=None, resume_from=None):
     source = resume_from if resume_from is not None else init
     if source is not None:
         stored = read_header(source, expected_method=spec.name).get("config", {})
-        base = {k: v for k, v in stored.items() if k in {f for f in config_dict(cls())}}
+        base = {k: v for k, v in stored.items() if k in set(config_dict(cls()))}
     try:
         return config_from_dict(cls, {**base, **flags}, where=spec.name)
     except ValueError as exc:

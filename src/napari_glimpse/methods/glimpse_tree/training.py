@@ -343,11 +343,10 @@ def train(
 
     See :func:`napari_glimpse.runtime.fit.fit` for the files written and the errors.
     """
-    if init is not None:
-        from .api import SHIPPED, shipped_checkpoint
+    if init is not None:  # a path, or "supervised" / "mil": the shipped weights of that name
+        from ..registry import resolve_checkpoint
 
-        if str(init) in SHIPPED:  # "supervised" / "mil": the shipped weights of that strategy
-            init = shipped_checkpoint(str(init)) or init
+        init = resolve_checkpoint(METHOD, init)
     return (yield from fit(METHOD, GlimpseTreeTrainer, config or GlimpseTreeConfig(), train_dir, out,
                            val_dir=val_dir, resume=resume, init=init, device=device or "auto", seed=seed))
 
