@@ -26,7 +26,7 @@ import torch
 
 from napari_glimpse.methods.celnet.training import default_checkpoint
 from napari_glimpse.runtime.checkpoint import load_model
-from napari_glimpse.runtime.datasets import load_patch_folder
+from napari_glimpse.runtime.data import load_patch_folder
 from napari_glimpse.runtime.training import roc_auc
 
 CENTRES = (96, 80, 64, 48, 32)

@@ -48,16 +48,15 @@ class LevelChoice:
         That level's level-0 px per px.
     zoom : float
         Level pixels per output pixel; exactly 1.0 when the level is read as it is.
+    downsample : float
+        Level-0 px per output pixel as delivered: the level's own when read as it is, else
+        the wanted one.
     """
 
     level: int
     level_downsample: float
     zoom: float
-
-    @property
-    def downsample(self) -> float:
-        """Level-0 px per output pixel actually delivered (the level's own when unresized)."""
-        return self.level_downsample * self.zoom
+    downsample: float
 
 
 def choose_level(slide, downsample: float) -> LevelChoice:
@@ -77,8 +76,8 @@ def choose_level(slide, downsample: float) -> LevelChoice:
             best, best_ds = i, lds
     zoom = downsample / best_ds
     if abs(zoom - 1.0) <= LEVEL_TOLERANCE:
-        zoom = 1.0
-    return LevelChoice(best, best_ds, zoom)
+        return LevelChoice(best, best_ds, 1.0, best_ds)
+    return LevelChoice(best, best_ds, zoom, float(downsample))
 
 
 def read_region_at(slide, x0: float, y0: float, width: int, height: int,
@@ -104,8 +103,7 @@ def read_region_at(slide, x0: float, y0: float, width: int, height: int,
         Level pixels read from the slide (0 when the box misses it).
     """
     choice = choose_level(slide, downsample)
-    lds = choice.level_downsample
-    ds = lds if choice.zoom == 1.0 else float(downsample)
+    lds, ds = choice.level_downsample, choice.downsample
     w0, h0 = slide.dimensions
     # The output pixels wholly inside the slide.
     ox0, oy0 = max(0, math.ceil(-x0 / ds)), max(0, math.ceil(-y0 / ds))

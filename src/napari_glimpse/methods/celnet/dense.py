@@ -122,13 +122,13 @@ def iter_tile_probabilities(model, tiles: np.ndarray, tile_cells: int, stride: i
     cell (r, c) is the window whose top-left is (margin + r * stride, margin + c * stride).
     Yields ``None`` after each feature piece.
 
-    ``tta`` averages the 8 rotations / flips (:func:`..runtime.datasets.dihedral`): the tile
+    ``tta`` averages the 8 rotations / flips (:func:`..runtime.augment.dihedral`): the tile
     is turned, its dense map computed and turned back. The window lattice is symmetric
     (``margin`` on both sides of ``tile_cells`` windows), so every turned window is again a
     lattice window, and cell (r, c) is the mean over the 8 turns of that window with its
     context -- what ``evaluate --tta`` computes for a bare patch.
     """
-    from ...runtime.datasets import dihedral, dihedral_inverse
+    from ...runtime.augment import dihedral, dihedral_inverse
 
     m = model.context_margin
     device = next(model.parameters()).device

@@ -58,7 +58,8 @@ class GlimpseReader:
     """Reads glimpses of a given tree level from a slide, counting patches and pixels read.
 
     ``downsample(l)`` is level-0 pixels per pixel of a level-l glimpse: s_l times the
-    level-0 pixels per working pixel (working mpp / slide mpp; 1 when the slide has no mpp).
+    level-0 pixels per working pixel (working mpp / slide mpp; 1 when the slide has no mpp),
+    or the pyramid level's downsample when within 5 % of that (read as is).
     """
 
     def __init__(self, slide, config: GlimpseTreeConfig):
@@ -71,7 +72,10 @@ class GlimpseReader:
         self.pixels_read = 0
 
     def downsample(self, level: int) -> float:
-        return self.config.downscale(level) * self.working_downsample
+        """Level-0 px per pixel of a level-``level`` glimpse as read: s_l times the working
+        downsample, or the pyramid level's own where that is within 5 % and read unresized
+        (so a glimpse's box is where its pixels are)."""
+        return choose_level(self.slide, self.config.downscale(level) * self.working_downsample).downsample
 
     def pyramid_level(self, downsample: float) -> int:
         """The pyramid level a read at ``downsample`` uses (:func:`~napari_glimpse.runtime.regions.choose_level`)."""

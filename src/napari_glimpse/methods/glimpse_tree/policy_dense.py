@@ -136,7 +136,7 @@ def dense_policy_epoch(model, optimizer, scheduler, slides, config, rng, gen, de
     """One dense P epoch; yields Progress, returns (sum of losses, number of maps)."""
     import torch
 
-    from ...runtime.datasets import dihedral
+    from ...runtime.augment import dihedral
     from ...runtime.regions import to_tensor
 
     s, scale, levels = config.glimpse_size, config.level_scale, config.levels
