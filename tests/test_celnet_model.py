@@ -157,7 +157,7 @@ def test_local_channel_attention_pools_a_full_window_around_each_cell():
 @pytest.mark.parametrize("stem_stride", [1, 2])
 def test_dense_tta_equals_the_mean_over_turned_windows_with_context(stem_stride):
     from napari_glimpse.methods.celnet.dense import iter_tile_probabilities
-    from napari_glimpse.runtime.datasets import dihedral
+    from napari_glimpse.runtime.augment import dihedral
     from napari_glimpse.runtime.events import run_to_end
 
     torch.manual_seed(2)

@@ -14,7 +14,6 @@ from napari_glimpse.methods.celnet.inference import dense_tile_probabilities, in
 from napari_glimpse.methods.celnet.model import CELNet, CELNetConfig
 from napari_glimpse.runtime.inference import (
     WindowGrid,
-    classify_windows,
     read_working,
     working_grid,
 )
@@ -73,21 +72,6 @@ def test_window_cells_are_centred_on_windows():
     assert w.origin == (40.0, 80.0)
     # 160 working px / 8 = 20 rows; of 180 px, cell 22 (centre 180) lies past the edge: 22 cols.
     assert w.shape == (20, 22)
-
-
-def test_classify_windows_maps_a_bright_square_to_its_cells():
-    # A predictor reporting the mean of the central 8 x 8 px of each window.
-    img = np.zeros((256, 256, 3), np.uint8)
-    img[96:128, 160:192] = 255
-    slide = FakeSlide(img, mpp=(1.0, 1.0), downsamples=(1,))
-    w = WindowGrid(working_grid(slide, 1.0), patch=32, stride=8)
-    prob, events = run(classify_windows(slide, w, lambda b: b[:, 12:20, 12:20, 0].mean((1, 2)) / 255,
-                                        tile_cells=8, batch_size=7))
-    assert events and events[-1].done == events[-1].total
-    on = np.argwhere(prob > 0.99)
-    # Cells are 8 px: the square [160, 192) x [96, 128) is cells 20..23 x 12..15.
-    assert on[:, 0].min() == 12 and on[:, 0].max() == 15
-    assert on[:, 1].min() == 20 and on[:, 1].max() == 23
 
 
 @pytest.mark.parametrize("stem_stride", [1, 2])

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 from test_glimpse_tree import one_thread  # noqa: E402, F401  (fixture: tiny networks run on one thread)
 
-from napari_glimpse.methods import get_method, load_model
+from napari_glimpse.methods import get_method, load_model  # noqa: E402
 from napari_glimpse.methods.registry import infer_config_for  # noqa: E402
 from napari_glimpse.runtime.events import run_to_end  # noqa: E402
 

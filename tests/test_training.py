@@ -15,8 +15,9 @@ from napari_glimpse.errors import DatasetError
 from napari_glimpse.evaluate import roc_auc
 from napari_glimpse.methods.celnet.model import CELNetConfig, build_model
 from napari_glimpse.methods.celnet.training import train_celnet
+from napari_glimpse.runtime.augment import augment_batch
 from napari_glimpse.runtime.checkpoint import load_checkpoint
-from napari_glimpse.runtime.datasets import augment_batch, load_patch_folder
+from napari_glimpse.runtime.data import load_patch_folder
 from napari_glimpse.runtime.fit import last_path
 
 TINY = CELNetConfig(widths=(4, 8, 8), reduction=2, blocks=1, batch_size=4, lr=0.01, epochs=2)
@@ -93,7 +94,7 @@ def test_colour_jitter_is_seeded_bounded_and_varies_per_patch():
 
 def test_tta_averages_the_eight_rotations_and_flips(folders):
     from napari_glimpse.methods.celnet.training import evaluate
-    from napari_glimpse.runtime.datasets import dihedral
+    from napari_glimpse.runtime.augment import dihedral
 
     torch.manual_seed(0)
     model = build_model(TINY).eval()

@@ -27,7 +27,7 @@ import torch
 from napari_glimpse.evaluate import roc_auc
 from napari_glimpse.methods.celnet.training import default_checkpoint
 from napari_glimpse.runtime.checkpoint import load_model
-from napari_glimpse.runtime.datasets import load_patch_folder
+from napari_glimpse.runtime.data import load_patch_folder
 
 CENTRES = (96, 80, 64, 48, 32)
 

@@ -44,8 +44,8 @@ def autocast(device: torch.device, enabled: bool = True):
 
 
 def is_oom(exc: BaseException) -> bool:
-    """True for CUDA/MPS/CPU out-of-memory errors."""
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
+    """True for CUDA/MPS/CPU out-of-memory errors (worth retrying with a smaller batch)."""
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 

@@ -17,12 +17,14 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import SlideError
+from .events import Progress
+from .regions import choose_level, read_region_at
 
 Region = tuple[int, int, int, int]  # level-0 (x0, y0, x1, y1), x1/y1 exclusive
 
@@ -64,14 +66,11 @@ class WorkingGrid:
         return (self.region[0] + wx * self.downsample, self.region[1] + wy * self.downsample)
 
 
-def working_grid(
-    slide,
-    target_mpp: float,
-    region: Sequence[float] | None = None,
-    *,
-    tolerance: float = 0.05,
-) -> WorkingGrid:
-    """Pick the pyramid level for ``target_mpp`` (closest, never coarser) and the resize factor.
+def working_grid(slide, target_mpp: float, region: Sequence[float] | None = None) -> WorkingGrid:
+    """The pyramid level and resize factor for ``target_mpp``, by :func:`.regions.choose_level`.
+
+    A level within 5 % of the working resolution is read as it is, and the grid's
+    ``downsample`` is then that level's: map cells and boxes are placed where its pixels lie.
 
     Parameters
     ----------
@@ -81,8 +80,6 @@ def working_grid(
         The model's working resolution in um/px.
     region
         Level-0 box (x0, y0, x1, y1); default the whole slide. Clipped to the slide.
-    tolerance
-        Relative mpp difference below which a level is used as is (no resize).
     """
     w0, h0 = slide.dimensions
     if region is None:
@@ -104,12 +101,9 @@ def working_grid(
         level, level_ds, zoom = 0, 1.0, 1.0
     else:
         base = float(np.mean(mpp))
-        level = int(slide.best_level_for_mpp(target_mpp))
-        level_ds = float(slide.levels[level].downsample)
-        zoom = target_mpp / (base * level_ds)
-        if abs(zoom - 1.0) <= tolerance:
-            zoom = 1.0
-        elif zoom < 1.0:
+        choice = choose_level(slide, target_mpp / base)
+        level, level_ds, zoom = choice.level, choice.level_downsample, choice.zoom
+        if zoom < 1.0:
             # Even level 0 is coarser than the model wants: upsample rather than refuse.
             warnings.warn(
                 f"{slide.path}: level 0 ({base:.3f} um/px) is coarser than the model's "
@@ -120,10 +114,10 @@ def working_grid(
 
 
 def read_working(slide, grid: WorkingGrid, wx: int, wy: int, w: int, h: int) -> tuple[np.ndarray, int]:
-    """Read a box of the region at working resolution.
+    """Read a box of the region at working resolution (:func:`.regions.read_region_at`).
 
     ``(wx, wy)`` is the top-left in working pixels relative to the region's corner (may be
-    negative or run past the slide: the slide fills that with white).
+    negative or run past the slide: that part is white).
 
     Returns
     -------
@@ -131,13 +125,7 @@ def read_working(slide, grid: WorkingGrid, wx: int, wy: int, w: int, h: int) -> 
         ``(h, w, 3)`` uint8 and the number of level pixels read from the slide.
     """
     x, y = grid.to_level0(wx, wy)
-    lw, lh = max(1, round(w * grid.zoom)), max(1, round(h * grid.zoom))
-    img = np.asarray(slide.read_region((int(round(x)), int(round(y))), grid.level, (lw, lh)))
-    if (lw, lh) != (w, h):
-        from PIL import Image
-
-        img = np.asarray(Image.fromarray(img[..., :3]).resize((w, h), Image.BILINEAR))
-    return np.ascontiguousarray(img[..., :3]), lw * lh
+    return read_region_at(slide, x, y, w, h, grid.downsample)
 
 
 # ----------------------------------------------------------------------- window grid
@@ -269,107 +257,11 @@ class RunStats:
         return time.perf_counter() - self.started
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is an accelerator (or host) out-of-memory error worth a smaller batch."""
-    import torch
-
-    oom_types = tuple(
-        t for t in (getattr(torch, "OutOfMemoryError", None),
-                    getattr(torch.cuda, "OutOfMemoryError", None)) if t is not None
-    )
-    if oom_types and isinstance(exc, oom_types):
-        return True
-    return isinstance(exc, (RuntimeError, MemoryError)) and "out of memory" in str(exc).lower()
-
-
-def run_with_oom_retry(fn: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> np.ndarray:
-    """``fn(batch)``; on out-of-memory, run it on halves (recursively) and concatenate."""
-    try:
-        return fn(batch)
-    except (RuntimeError, MemoryError) as exc:
-        if not is_out_of_memory(exc) or len(batch) <= 1:
-            raise
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        half = len(batch) // 2
-        warnings.warn(f"out of memory with a batch of {len(batch)}; retrying with {half}", stacklevel=2)
-        a = run_with_oom_retry(fn, batch[:half])
-        b = run_with_oom_retry(fn, batch[half:])
-        return np.concatenate([a, b])
-
-
 def batched(items: Sequence, size: int) -> Iterator[Sequence]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
 
 def progress(stage: str, done: int, total: int, message: str = "", **metrics):
-    """A :class:`Progress` event (imported late: ``runtime.events`` is the model helpers')."""
-    try:
-        from .events import Progress
-    except ModuleNotFoundError as exc:  # runtime.events not written yet: same fields, plain
-        if exc.name != f"{__package__}.events":
-            raise
-        from types import SimpleNamespace as Progress
-
+    """A :class:`~napari_glimpse.runtime.events.Progress` event."""
     return Progress(stage=stage, done=done, total=total, message=message, metrics=dict(metrics))
-
-
-# --------------------------------------------------------- generic patch classifier
-
-
-def classify_windows(
-    slide,
-    windows: WindowGrid,
-    predict: Callable[[np.ndarray], np.ndarray],
-    *,
-    tissue=None,
-    batch_size: int = 64,
-    tile_cells: int = 16,
-    cells: np.ndarray | None = None,
-    stats: RunStats | None = None,
-) -> Generator:
-    """Classify every window whose cell has tissue, one model input per window (the baseline).
-
-    Parameters
-    ----------
-    predict
-        ``(N, patch, patch, 3) uint8 -> (N,)`` probabilities.
-    tissue
-        TissueMask or None (classify every window).
-    cells
-        Optional bool (rows, cols) restricting which cells to classify (e.g. a subset for
-        timing); combined with the tissue mask.
-
-    Yields
-    ------
-    Progress
-        After each tile.
-
-    Returns
-    -------
-    np.ndarray
-        float32 (rows, cols) probability map; 0 where nothing was classified.
-    """
-    stats = stats if stats is not None else RunStats()
-    on = tissue_on_cells(windows, tissue)
-    if cells is not None:
-        on &= cells
-    out = np.zeros(windows.shape, np.float32)
-    tiles = plan_tiles(on, tile_cells)
-    p, s = windows.patch, windows.stride
-    for k, tile in enumerate(tiles):
-        img, npx = read_tile(slide, windows, tile, tile_cells)
-        stats.pixels_read += npx
-        rr, cc = np.nonzero(on[tile.row0 : tile.row0 + tile.rows, tile.col0 : tile.col0 + tile.cols])
-        for sel in batched(np.arange(len(rr)), batch_size):
-            batch = np.stack([img[r * s : r * s + p, c * s : c * s + p] for r, c in zip(rr[sel], cc[sel], strict=False)])
-            probs = run_with_oom_retry(predict, batch)
-            out[tile.row0 + rr[sel], tile.col0 + cc[sel]] = probs
-            stats.patches_read += len(batch)
-            stats.batches += 1
-        yield progress("inference", k + 1, len(tiles), f"tile {k + 1}/{len(tiles)}",
-                       patches=stats.patches_read)
-    return out

@@ -276,12 +276,20 @@ def _level_position(c: int, downsample: float) -> tuple[int, int]:
     return whole, frac
 
 
-def open_slide(path: str | os.PathLike) -> Slide:
+def open_slide(path: str | os.PathLike, mpp: float | tuple[float, float] | None = None) -> Slide:
     """Open a whole-slide image lazily (reads metadata only).
 
     Supports Aperio SVS, OME-TIFF, Hamamatsu NDPI, generic tiled / pyramidal TIFF and
     BigTIFF, and plain images (PNG, JPEG, non-pyramidal TIFF) whose coarser levels are
     computed on demand.
+
+    Parameters
+    ----------
+    path
+        The slide or image file.
+    mpp
+        Microns per level-0 pixel (one value, or x and y) replacing the file's own; for
+        plain images, whose resolution tag is rarely the microscope's.
 
     Raises
     ------
@@ -326,4 +334,8 @@ def open_slide(path: str | os.PathLike) -> Slide:
         raise
     except Exception as exc:  # any parser error means "not a readable slide"
         raise SlideError(f"not a readable slide ({type(exc).__name__}: {exc})", path) from exc
-    return Slide(path, backend)
+    slide = Slide(path, backend)
+    if mpp is not None:
+        xy = (float(mpp), float(mpp)) if np.isscalar(mpp) else tuple(float(v) for v in mpp)
+        slide.mpp = checked_mpp(path, xy)
+    return slide

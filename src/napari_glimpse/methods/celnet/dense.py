@@ -23,8 +23,9 @@ from collections.abc import Generator
 import numpy as np
 import torch
 
-__all__ = ["DEFAULT_PIECE", "feature_layers", "count_pieces", "iter_features", "iter_tile_probabilities",
-           "to_tensor"]
+from ...runtime.regions import to_tensor
+
+__all__ = ["DEFAULT_PIECE", "feature_layers", "count_pieces", "iter_features", "iter_tile_probabilities"]
 
 # Output activations (tiles x rows x width x channels) per piece. 2**22 is about half a second
 # of a default CELNet on one CPU core; a GPU computes a whole tile in well under a second.
@@ -33,11 +34,6 @@ DEFAULT_PIECE = {"cpu": 2**22, "cuda": 2**28}
 
 def default_piece(device) -> int:
     return DEFAULT_PIECE.get(torch.device(device).type, DEFAULT_PIECE["cpu"])
-
-
-def to_tensor(images: np.ndarray, device) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1] (CELNet normalises itself)."""
-    return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div_(255)
 
 
 def feature_layers(model) -> tuple[list[tuple[torch.nn.Module, int, int, int]], int]:
@@ -126,13 +122,13 @@ def iter_tile_probabilities(model, tiles: np.ndarray, tile_cells: int, stride: i
     cell (r, c) is the window whose top-left is (margin + r * stride, margin + c * stride).
     Yields ``None`` after each feature piece.
 
-    ``tta`` averages the 8 rotations / flips (:func:`..runtime.datasets.dihedral`): the tile
+    ``tta`` averages the 8 rotations / flips (:func:`..runtime.augment.dihedral`): the tile
     is turned, its dense map computed and turned back. The window lattice is symmetric
     (``margin`` on both sides of ``tile_cells`` windows), so every turned window is again a
     lattice window, and cell (r, c) is the mean over the 8 turns of that window with its
     context -- what ``evaluate --tta`` computes for a bare patch.
     """
-    from ...runtime.datasets import dihedral, dihedral_inverse
+    from ...runtime.augment import dihedral, dihedral_inverse
 
     m = model.context_margin
     device = next(model.parameters()).device

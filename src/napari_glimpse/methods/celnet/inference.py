@@ -29,24 +29,22 @@ import numpy as np
 import torch
 
 from ...results import InferenceResult, SlideMap, SlidePoints
+from ...runtime.device import is_oom
 from ...runtime.inference import (
     RunStats,
     WindowGrid,
     batched,
-    is_out_of_memory,
     plan_tiles,
     progress,
     read_tile,
     tissue_on_cells,
     working_grid,
 )
+from ...runtime.regions import to_tensor
 from ...runtime.run import top_evidence
 from .celm import CELMParams, compute_celm, evidence_mask, nms_peaks
 from .config import CELNetConfig, CELNetInferConfig  # noqa: F401
-from .dense import count_pieces, default_piece, iter_tile_probabilities, to_tensor
-
-_to_tensor = to_tensor
-
+from .dense import count_pieces, default_piece, iter_tile_probabilities
 
 
 class _CELMBatch:
@@ -100,7 +98,7 @@ def _probabilities(model, images, n, stride, piece, tta=False) -> Generator:
     try:
         return (yield from iter_tile_probabilities(model, images, n, stride, piece, tta))
     except (RuntimeError, MemoryError) as exc:
-        if not is_out_of_memory(exc) or len(images) <= 1:
+        if not is_oom(exc) or len(images) <= 1:
             raise
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

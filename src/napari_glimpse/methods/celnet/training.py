@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from ...errors import CheckpointError, DatasetError
 from ...evaluate import roc_auc
-from ...runtime.datasets import PatchFolder, augment_batch, dihedral, iterate_patch_folder
+from ...runtime.augment import augment_batch, dihedral
+from ...runtime.data import PatchFolder, iterate_patch_folder
 from ...runtime.device import autocast, resolve_device, run_in_chunks
 from ...runtime.events import Progress
 from ...runtime.fit import Trainer, fit

@@ -5,9 +5,9 @@ A region is one root glimpse: ``glimpse_size * level_scale ** L`` working pixels
 shifted back inside the slide where they would hang over its edge (a slide narrower than a
 region gets one region centred on it), and only regions with tissue are processed. Children
 are drawn only where their box lies inside the slide and on tissue. The slide score is the
-maximum over all leaves (tree) or all tiles ('All'). Every glimpse is read from the finest
-pyramid level that is not finer than needed (never coarser), only its own pixels, then
-resized if the level's scale does not match exactly.
+maximum over all leaves (tree) or all tiles ('All'). Every glimpse is read, only its own
+pixels, from the coarsest pyramid level at most 5 % coarser than it, and resized unless that
+level's scale is within 5 % of the glimpse's (:mod:`napari_glimpse.runtime.regions`).
 """
 
 from __future__ import annotations
@@ -19,19 +19,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ...runtime.regions import choose_level, read_region_at, to_tensor
 from .config import GlimpseTreeConfig
 from .sampling import sample_children, valid_centres
 
+# to_tensor lives in runtime.regions; re-exported for glimpse_tree/training.py until it imports it there.
 __all__ = ["GlimpseNode", "GlimpseReader", "plan_regions", "run_tree", "run_all", "to_tensor",
            "classify_glimpses", "child_fraction_maps"]
-
-
-def to_tensor(images: np.ndarray, device=None):
-    """(N, S, S, 3) uint8 -> (N, 3, S, S) float in [0, 1] (the networks normalise themselves)."""
-    import torch
-
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
-    return x.to(device) if device is not None else x
 
 
 @dataclass
@@ -64,7 +58,8 @@ class GlimpseReader:
     """Reads glimpses of a given tree level from a slide, counting patches and pixels read.
 
     ``downsample(l)`` is level-0 pixels per pixel of a level-l glimpse: s_l times the
-    level-0 pixels per working pixel (working mpp / slide mpp; 1 when the slide has no mpp).
+    level-0 pixels per working pixel (working mpp / slide mpp; 1 when the slide has no mpp),
+    or the pyramid level's downsample when within 5 % of that (read as is).
     """
 
     def __init__(self, slide, config: GlimpseTreeConfig):
@@ -77,15 +72,14 @@ class GlimpseReader:
         self.pixels_read = 0
 
     def downsample(self, level: int) -> float:
-        return self.config.downscale(level) * self.working_downsample
+        """Level-0 px per pixel of a level-``level`` glimpse as read: s_l times the working
+        downsample, or the pyramid level's own where that is within 5 % and read unresized
+        (so a glimpse's box is where its pixels are)."""
+        return choose_level(self.slide, self.config.downscale(level) * self.working_downsample).downsample
 
     def pyramid_level(self, downsample: float) -> int:
-        """The coarsest pyramid level not coarser than ``downsample`` (level 0 if none is)."""
-        best, best_ds = 0, 0.0
-        for i, lv in enumerate(self.slide.levels):
-            if lv.downsample <= downsample * 1.001 and lv.downsample > best_ds:
-                best, best_ds = i, float(lv.downsample)
-        return best
+        """The pyramid level a read at ``downsample`` uses (:func:`~napari_glimpse.runtime.regions.choose_level`)."""
+        return choose_level(self.slide, downsample).level
 
     def read(self, level: int, x0: float, y0: float, size: int | None = None) -> np.ndarray:
         """``size`` x ``size`` glimpse pixels (default glimpse_size) at tree level ``level``."""
@@ -96,30 +90,12 @@ class GlimpseReader:
     def read_strip(self, level: int, x0: float, y0: float, width: int, height: int) -> np.ndarray:
         """A ``width`` x ``height`` block of glimpse pixels at tree ``level`` (level-0 corner x0, y0).
 
-        Only the part inside the slide is read (from the chosen pyramid level) and resized to
-        glimpse pixels; the rest is white, as the slide reader fills it.
+        Read by :func:`~napari_glimpse.runtime.regions.read_region_at`: only the part inside
+        the slide is read, the rest is white.
         """
-        from PIL import Image
-
-        ds = self.downsample(level)
-        pl = self.pyramid_level(ds)
-        lds = float(self.slide.levels[pl].downsample)
-        w0, h0 = self.slide.dimensions
-        # the requested box, clipped to the slide, in output (glimpse) pixels
-        ox0, oy0 = max(0, math.ceil(-x0 / ds)), max(0, math.ceil(-y0 / ds))
-        ox1, oy1 = min(width, math.floor((w0 - x0) / ds)), min(height, math.floor((h0 - y0) / ds))
-        out = np.full((height, width, 3), 255, np.uint8)
-        if ox1 <= ox0 or oy1 <= oy0:
-            return out
-        ow, oh = ox1 - ox0, oy1 - oy0
-        lw, lh = max(1, round(ow * ds / lds)), max(1, round(oh * ds / lds))
-        loc = (int(round(x0 + ox0 * ds)), int(round(y0 + oy0 * ds)))
-        img = np.asarray(self.slide.read_region(loc, pl, (lw, lh)))[..., :3]
-        self.pixels_read += lw * lh
-        if (lw, lh) != (ow, oh):
-            img = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((ow, oh), Image.BILINEAR))
-        out[oy0:oy1, ox0:ox1] = img
-        return out
+        img, pixels = read_region_at(self.slide, x0, y0, width, height, self.downsample(level))
+        self.pixels_read += pixels
+        return img
 
 
 def plan_regions(dimensions: Sequence[int], tissue, region_px: float,

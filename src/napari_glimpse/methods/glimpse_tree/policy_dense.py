@@ -136,8 +136,8 @@ def dense_policy_epoch(model, optimizer, scheduler, slides, config, rng, gen, de
     """One dense P epoch; yields Progress, returns (sum of losses, number of maps)."""
     import torch
 
-    from ...runtime.datasets import dihedral
-    from .inference import to_tensor
+    from ...runtime.augment import dihedral
+    from ...runtime.regions import to_tensor
 
     s, scale, levels = config.glimpse_size, config.level_scale, config.levels
     k = config.child_extent
@@ -204,7 +204,7 @@ def precise_batch_norm(model, regions, config, images_cache, rng, device) -> Non
     """
     import torch
 
-    from .inference import to_tensor
+    from ...runtime.regions import to_tensor
 
     s, scale, levels = config.glimpse_size, config.level_scale, config.levels
     n_tiles = scale**levels

@@ -140,8 +140,8 @@ def _classifier_steps(model, optimizer, scheduler, images, labels, config, gen, 
     import torch
     import torch.nn.functional as F
 
-    from ...runtime.datasets import augment_batch
-    from .inference import to_tensor
+    from ...runtime.augment import augment_batch
+    from ...runtime.regions import to_tensor
 
     model.classifier.train()
     total, n = 0.0, 0
@@ -174,7 +174,8 @@ def _policy_region(model, ts, box, rng, config, temperature, device):
     """Eq. 5 for one region: returns the loss tensor and the number of trajectories."""
     import torch
 
-    from .inference import classify_glimpses, to_tensor
+    from ...runtime.regions import to_tensor
+    from .inference import classify_glimpses
     from .sampling import box_means, sample_children
 
     k, h = config.child_extent, config.child_extent // 2
