@@ -6,10 +6,11 @@ epoch on 16 real PCam patches. Waits use qtbot.waitUntil / waitSignal, never sle
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Literal
 
 import numpy as np
@@ -128,54 +129,59 @@ def test_recent_checkpoints_newest_first_atomic_and_signalled(tmp_path):
     assert store.entries() == []
 
 
-def test_config_form_shows_simple_fields_with_ranges_and_small_steps():
-    form = ConfigForm(CELNetConfig, include=lambda f: f.metadata.get("group") == "training")
-    names = [w.name for w in form]
-    assert {"lr", "epochs", "augment", "momentum"} <= set(names)
-    assert "lr_milestones" not in names  # tuples keep the config's value
+def test_config_form_shows_basic_fields_and_folds_advanced_ones_away():
+    form = ConfigForm(CELNetConfig, include=lambda f: f.group != "inference")
+    names = [w.name for w in form.fields]
+    assert {"lr", "epochs", "augment", "momentum", "blocks"} <= set(names)
+    assert "celm_a" not in names  # chosen on validation data, not trained
+    assert "lr_milestones" not in names  # float tuples keep the config's value
+    assert not form.lr.native.isHidden() and form.blocks.native.isHidden()  # network shape: advanced
+    form.show_advanced.value = True
+    assert not form.blocks.native.isHidden()
     form.lr.value = 3e-5
     assert form.values()["lr"] == pytest.approx(3e-5)  # not rounded to 0.00
     assert form.epochs.max == 10000
     assert CELNetConfig(**form.values()).lr == pytest.approx(3e-5)
 
 
-def test_inference_form_offers_only_what_infer_accepts(celnet_spec):
-    cls, include = _methods.inference_form_source(celnet_spec)
-    form = ConfigForm(cls, include)
-    import inspect
+def test_run_model_form_is_the_inference_config_with_few_basic_fields(celnet_spec):
+    from napari_glimpse.methods.celnet.config import CELNetInferConfig
 
-    accepted = inspect.signature(celnet_spec.infer).parameters
-    assert form.values() and set(form.values()) <= set(accepted)
+    form = ConfigForm(*_methods.inference_fields(celnet_spec))
+    assert set(form.values()) == {f.name for f in dataclasses.fields(CELNetInferConfig)}
+    basic = [w.name for w in form.fields if w not in form.advanced]
+    assert len(basic) <= 7 and "nms_min_distance" not in basic and "threshold" in basic
+    CELNetInferConfig(**form.values())  # what the form gives, the config takes
 
 
 def test_a_new_method_brings_its_own_training_panel(qtbot, monkeypatch):
-    """Data inputs and options come from the spec (here: a labels CSV and a choice field)."""
-    import dataclasses
-
+    """Data folders follow the spec's data kind; options come from its training config."""
     from magicgui.widgets import ComboBox, FileEdit
 
     from napari_glimpse._napari.widgets import TrainingWidget
+    from napari_glimpse.config import check, param
     from napari_glimpse.methods.registry import MethodSpec
 
     @dataclasses.dataclass
     class GridConfig:
-        lr: float = 1e-4
-        epochs: int = 3
-        pooling: Literal["max", "mean"] = dataclasses.field(
-            default="max", metadata={"group": "training", "help": "feature pooling"})
+        lr: float = param(1e-4, "learning rate", min=1e-7, max=1.0)
+        epochs: int = param(3, "epochs", min=1, max=100)
+        pooling: str = param("max", "feature pooling", choices=("max", "mean"))
 
-    spec = MethodSpec(name="grid", description="", config_cls=GridConfig,
-                      build_model=lambda c: None, train=lambda **kw: iter(()),
-                      extra={"train_inputs": [
-                          {"name": "slides_dir", "kind": "folder", "label": "slides"},
-                          {"name": "labels_csv", "kind": "csv", "label": "labels"}]})
+        def __post_init__(self):
+            check(self)
+
+    spec = MethodSpec("grid", "grid", GridConfig, GridConfig, "x:y", "x:y", train=lambda *a, **kw: iter(()),
+                      data="slides")
     monkeypatch.setattr(_methods, "method_names", lambda: ["grid"])
     monkeypatch.setattr(_methods, "get_spec", lambda name: spec)
     w = TrainingWidget()
-    assert [d.name for d in w.data] == ["slides_dir", "labels_csv"]
-    assert all(isinstance(d, FileEdit) for d in w.data) and w.data[1].mode.value == "r"
+    assert [d.name for d in w.data] == ["train_dir", "val_dir"]
+    assert [d.label for d in w.data] == ["training slides", "validation slides"]
+    assert all(isinstance(d, FileEdit) for d in w.data)
     assert isinstance(w.method_options.pooling, ComboBox)
-    assert w.epochs.value == 3  # the method's default
+    assert w.method_options.epochs.value == 3  # the method's default
+    assert w._config(spec) == GridConfig()
 
 
 # ------------------------------------------------------------------------ GUI tests
@@ -262,7 +268,7 @@ def endless_infer(counter):
 
     rng = np.random.default_rng(0)
 
-    def infer(slide_path, checkpoint=None, *, device=None, region=None):
+    def infer(slide, model, config, region):
         while True:
             counter.append(1)
             np.sort(rng.random(200_000))  # stands in for a batch of model work
@@ -275,8 +281,14 @@ def endless_infer(counter):
 def test_cancel_stops_at_the_next_yield(make_napari_viewer, qtbot, tiny_mosaic, tiny_ckpt,
                                         monkeypatch):
     yields = []
-    spec = SimpleNamespace(name="endless", config_cls=None, infer=endless_infer(yields),
-                           default_checkpoint=None)
+    from napari_glimpse.methods.registry import MethodSpec
+
+    @dataclasses.dataclass
+    class NoParams:
+        pass
+
+    spec = MethodSpec("endless", "endless", NoParams, NoParams, load=lambda path, device: (object(), None),
+                      infer=endless_infer(yields))
     monkeypatch.setattr(_methods, "method_names", lambda: ["endless"])
     monkeypatch.setattr(_methods, "get_spec", lambda name: spec)
     viewer = make_napari_viewer()
@@ -384,8 +396,8 @@ def make_training_widget(viewer, patch_dirs, out):
     training.method.value = "celnet"
     training.data[0].value = patch_dirs / "train"
     training.data[1].value = patch_dirs / "valid"
-    training.epochs.value = 1
-    training.batch_size.value = 4
+    training.method_options.epochs.value = 1
+    training.method_options.batch_size.value = 4
     training.device.value = "cpu"
     training.output.value = out
     return training
@@ -395,7 +407,7 @@ def make_training_widget(viewer, patch_dirs, out):
 def test_training_cancel_stops_after_a_batch(make_napari_viewer, qtbot, patch_dirs, celnet_spec):
     viewer = make_napari_viewer()
     training = make_training_widget(viewer, patch_dirs, patch_dirs / "c.safetensors")
-    training.epochs.value = 1000
+    training.method_options.epochs.value = 1000
     assert training.start() is not None
     qtbot.waitUntil(lambda: "loss" in training.curves.series, timeout=60_000)
     training.cancel_button.changed.emit(True)
@@ -415,9 +427,9 @@ def test_training_one_epoch_checkpoint_appears_in_inference_widget(
     _, inference = viewer.window.add_plugin_dock_widget("napari-glimpse", "Run model")
     assert isinstance(inference, InferenceWidget)
     training = make_training_widget(viewer, patch_dirs, patch_dirs / "trained.safetensors")
-    for name, value in TINY.items():  # keep the network tiny where the form allows it
-        if name in training.method_options.values():
-            getattr(training.method_options, name).value = value
+    # keep the network tiny (an advanced field: tuples are typed as numbers separated by spaces)
+    training.method_options.set_values(TINY)
+    assert training.method_options.values()["widths"] == (4, 8, 8)
     inference.method.value = "celnet"
     assert training.start() is not None
     qtbot.waitUntil(lambda: training.worker is None, timeout=120_000)
@@ -491,18 +503,18 @@ def test_glimpse_tree_form_runs_each_shipped_tree_with_its_own_split(make_napari
     # the form's N_G (0: the checkpoint's, or 8) keeps each checkpoint's own split
     from napari_glimpse._napari.widgets import _methods
     from napari_glimpse.methods import get_method
-    from napari_glimpse.methods.glimpse_tree.api import shipped_checkpoint
+    from napari_glimpse.methods.registry import load_model, shipped_checkpoint
     from napari_glimpse.runtime.events import run_to_end as drain
 
     spec = get_method("glimpse-tree")
-    w = make_inference_widget(make_napari_viewer(), shipped_checkpoint("supervised"), method="glimpse-tree")
+    w = make_inference_widget(make_napari_viewer(), shipped_checkpoint(spec, "supervised"), method="glimpse-tree")
     for strategy, split in (("supervised", [4, 2]), ("mil", [2, 4])):
-        w.checkpoint_file.value = shipped_checkpoint(strategy)
+        w.checkpoint_file.value = shipped_checkpoint(spec, strategy)
         assert w.params.values()["branching"] == tuple(split)  # shown as "4 2" / "2 4"
         for leaves in (0, 8):
             params = {**w.params.values(), "leaves": leaves}
-            res = drain(_methods.infer_generator(spec, str(tiny_mosaic.path), shipped_checkpoint(strategy),
-                                                 device="cpu", region=None, params=params))
+            model = load_model(spec, strategy, "cpu")
+            res = drain(_methods.infer_generator(spec, str(tiny_mosaic.path), model, region=None, params=params))
             assert res.summary["branching"] == split, (strategy, leaves)
     # the split is editable; text that is not whole numbers names the field
     w.params.branching.value = "1 8"
