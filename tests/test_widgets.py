@@ -7,11 +7,9 @@ epoch on 16 real PCam patches. Waits use qtbot.waitUntil / waitSignal, never sle
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import shutil
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pytest
@@ -177,7 +175,7 @@ def test_a_new_method_brings_its_own_training_panel(qtbot, monkeypatch):
     monkeypatch.setattr(_methods, "get_spec", lambda name: spec)
     w = TrainingWidget()
     assert [d.name for d in w.data] == ["train_dir", "val_dir"]
-    assert [d.label for d in w.data] == ["training slides", "validation slides"]
+    assert [d.label for d in w.data] == ["training", "validation"] and "slides" in w.data[0].tooltip
     assert all(isinstance(d, FileEdit) for d in w.data)
     assert isinstance(w.method_options.pooling, ComboBox)
     assert w.method_options.epochs.value == 3  # the method's default
@@ -443,7 +441,7 @@ def test_training_one_epoch_checkpoint_appears_in_inference_widget(
 
     # Resume continues from the saved epoch to the new total.
     epochs_seen = []
-    training.epochs.value = 2
+    training.method_options.epochs.value = 2
     training.resume_button.changed.emit(True)  # what a click does
     assert training.worker is not None
     training.worker.yielded.connect(lambda ev: epochs_seen.append((ev.stage, ev.done)))
@@ -456,7 +454,7 @@ def test_training_one_epoch_checkpoint_appears_in_inference_widget(
 
     training.init.value = training.last_checkpoint
     training.output.value = patch_dirs / "finetuned.safetensors"
-    training.epochs.value = 1
+    training.method_options.epochs.value = 1
     assert training.start() is not None
     qtbot.waitUntil(lambda: training.worker is None, timeout=120_000)
     assert training.status.value.startswith("saved"), training.status.value

@@ -62,8 +62,9 @@ def training_fields(spec):
 def training_inputs(spec) -> tuple[DataInput, DataInput]:
     """The training and validation folders of the method's data kind."""
     what, val_what, layout = _registry().DATA_KINDS[spec.data]
-    return (DataInput("train_dir", what, help=layout),
-            DataInput("val_dir", val_what, required=False, help="held-apart data, same layout: picks the best epoch"))
+    return (DataInput("train_dir", "training", help=f"{what}: {layout}"),
+            DataInput("val_dir", "validation", required=False,
+                      help=f"{val_what}, held apart, same layout: picks the best epoch"))
 
 
 class ModelCache:
