@@ -206,6 +206,7 @@ def test_a_method_in_one_file_runs_through_cli_widgets_and_reader(registered, tm
     viewer = make_napari_viewer()
     viewer.open(str(tiny_mosaic.path), plugin="napari-glimpse")
     run = InferenceWidget(viewer)
+    viewer.window.add_dock_widget(run)  # docked: the viewer owns it and cleans it up
     assert "mean-colour" in run.method.choices
     run.method.value = "mean-colour"
     assert set(run.params.values()) == {"cell", "threshold"}
@@ -218,6 +219,7 @@ def test_a_method_in_one_file_runs_through_cli_widgets_and_reader(registered, tm
     qtbot.waitUntil(lambda: run.worker is None, timeout=60_000)
     assert len(run.models) == 1
     panel = TrainingWidget(viewer)
+    viewer.window.add_dock_widget(panel)
     panel.method.value = "mean-colour"
     assert [d.label for d in panel.data] == ["training", "validation"]
     assert set(panel.method_options.values()) == {"epochs", "lr", "mpp"}  # threshold: chosen, not trained

@@ -305,11 +305,11 @@ def load_state_checked(model: torch.nn.Module, checkpoint: Checkpoint) -> None:
     """
     own = model.state_dict()
     missing = sorted(set(own) - set(checkpoint.model_state))
-    extra = sorted(set(checkpoint.model_state) - set(own))
-    if missing or extra:
+    unexpected = sorted(set(checkpoint.model_state) - set(own))
+    if missing or unexpected:
         raise CheckpointError(
             f"checkpoint ({checkpoint.method}) does not fit the {type(model).__name__} built from "
-            f"its config: missing {missing[:5]}, unexpected {extra[:5]}",
+            f"its config: missing {missing[:5]}, unexpected {unexpected[:5]}",
             checkpoint.path,
         )
     for name, t in checkpoint.model_state.items():

@@ -64,7 +64,6 @@ class InferenceWidget(WorkerControls, Container):
     def __init__(self, napari_viewer=None, recent: RecentCheckpoints | None = None,
                  models: _methods.ModelCache | None = None):
         super().__init__(labels=True)
-        self.native.setMinimumWidth(440)  # room for the labels and the numbers of the nested forms
         self.models = models or _methods.ModelCache()
         self.viewer = viewer = napari_viewer
         self.recent = recent or RecentCheckpoints.for_file()

@@ -44,7 +44,6 @@ class TrainingWidget(WorkerControls, Container):
 
     def __init__(self, napari_viewer=None, recent: RecentCheckpoints | None = None):
         super().__init__(labels=True)
-        self.native.setMinimumWidth(440)  # room for the labels and the numbers of the nested forms
         self.viewer = napari_viewer
         self.recent = recent or RecentCheckpoints.for_file()
         self.worker = None

@@ -39,7 +39,7 @@ def infer(slide, model, config: CELNetInferConfig, region) -> Generator:
 def evaluate(data_dir, model, config: CELNetInferConfig, *, limit: int = 0) -> Generator:
     """Accuracy (at ``config.threshold``), AUC and loss on a patch folder; ``config.tta``
     averages each patch's 8 rotations / flips."""
-    from .training import evaluate_patches
+    from .training import evaluate as evaluate_patches
 
     metrics = yield from evaluate_patches(model.model, data_dir, device=model.device, batch_size=128,
                                           limit=limit or None, threshold=config.threshold, tta=config.tta)

@@ -13,13 +13,12 @@ import math
 import os
 import time
 from collections.abc import Generator, Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...errors import CheckpointError, DatasetError
+from ...errors import DatasetError
 from ...evaluate import roc_auc
 from ...runtime.augment import augment_batch, dihedral
 from ...runtime.data import PatchFolder, iterate_patch_folder
@@ -29,17 +28,9 @@ from ...runtime.fit import Trainer, fit
 from .config import CELNetConfig
 from .model import build_model
 
-__all__ = ["CELNetTrainer", "train_celnet", "evaluate_celnet", "evaluate", "deep_supervision_loss",
-           "default_checkpoint"]
+__all__ = ["CELNetTrainer", "train_celnet", "evaluate", "deep_supervision_loss"]
 
 METHOD = "celnet"
-_SHIPPED = "celnet_pcam.safetensors"
-
-
-def default_checkpoint() -> str | None:
-    """The shipped PCam-trained checkpoint, or None when the package was built without it."""
-    path = Path(__file__).resolve().parents[2] / "_sample_data" / "weights" / _SHIPPED
-    return str(path) if path.is_file() else None
 
 
 def deep_supervision_loss(outputs: dict, target: torch.Tensor, aux_weight: float) -> torch.Tensor:
@@ -232,22 +223,3 @@ def evaluate(model, data_dir: str | os.PathLike, *, device: str = "auto", batch_
     return {**_metrics(data.labels, probs, loss, threshold), "tta": bool(tta)}
 
 
-def evaluate_celnet(data_dir, checkpoint=None, *, device: str | None = "auto", batch_size: int = 128,
-                    workers: int = 0, limit: int | None = None, tta: bool = False, **_ignored):
-    """Accuracy / AUC / loss of a checkpoint (default: the shipped one) on a patch folder.
-
-    ``tta`` averages each patch's 8 rotations / flips. Yields Progress; returns
-    ``{"n", "accuracy", "auc", "loss", "tta", "checkpoint"}``.
-    """
-    from ...runtime.checkpoint import load_model
-
-    checkpoint = checkpoint or default_checkpoint()
-    if checkpoint is None:
-        raise CheckpointError("no checkpoint given and no shipped CELNet checkpoint is installed")
-    model = load_model(checkpoint, method=METHOD)
-    metrics = yield from evaluate(model, data_dir, device=device or "auto", batch_size=batch_size,
-                                  workers=workers, limit=limit, threshold=model.config.threshold, tta=tta)
-    return {**metrics, "checkpoint": str(checkpoint)}
-
-
-evaluate_patches = evaluate  # the name methods/celnet/api.py uses
