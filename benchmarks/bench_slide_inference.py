@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from napari_glimpse.methods.celnet.inference import infer_celnet, load_celnet
+from napari_glimpse.methods import load_model
+from napari_glimpse.methods.celnet.inference import infer_celnet
 from napari_glimpse.methods.celnet.model import CELNet, CELNetConfig
 from napari_glimpse.runtime.cpu_memory import keep_freed_memory
 from napari_glimpse.slides.writer import write_pyramid
@@ -70,7 +71,8 @@ def main() -> None:
         t_write = time.perf_counter() - t0
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if a.checkpoint:
-            model, ckpt = load_celnet(None if a.checkpoint == "shipped" else a.checkpoint, "cpu")
+            loaded = load_model("celnet", None if a.checkpoint == "shipped" else a.checkpoint, "cpu")
+            model, ckpt = loaded.model, loaded.checkpoint
         else:
             torch.manual_seed(0)
             model, ckpt = CELNet(CELNetConfig()).eval(), "random paper-size CELNet"

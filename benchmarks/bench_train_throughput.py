@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_glimpse.methods import get_method
 from napari_glimpse.methods.celnet.model import MAM, CELNet, CELNetConfig
-from napari_glimpse.methods.celnet.training import deep_supervision_loss, default_checkpoint
+from napari_glimpse.methods.celnet.training import deep_supervision_loss
 from napari_glimpse.runtime.checkpoint import config_from_checkpoint, load_checkpoint
 from napari_glimpse.runtime.cpu_memory import default_allocator, keep_freed_memory
 
@@ -89,7 +90,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     keep_freed_memory()  # as the CLI does
-    shipped = config_from_checkpoint(CELNetConfig, load_checkpoint(default_checkpoint()))
+    shipped = config_from_checkpoint(CELNetConfig, load_checkpoint(get_method("celnet").default_checkpoint()))
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for device in devices:
         models = {

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from napari_glimpse.evaluate import dice, roc_auc
+from napari_glimpse.methods import infer, load_model
 from napari_glimpse.methods.celnet.celm import evidence_mask
-from napari_glimpse.methods.celnet.inference import infer, load_celnet
 from napari_glimpse.mosaic import CELL_SIZE, make_mosaics
 from napari_glimpse.runtime.checkpoint import edit_config
 from napari_glimpse.runtime.cpu_memory import keep_freed_memory
@@ -54,7 +54,7 @@ def scores(model, mosaics, a: float, b: float, mask_sigma: float = 1.0) -> tuple
     """(AUC per mosaic, Dice per (mosaic, threshold)) for one (a, b)."""
     aucs, dices = np.zeros(len(mosaics)), np.zeros((len(mosaics), len(THRESHOLDS)))
     for i, m in enumerate(mosaics):
-        result = run_to_end(infer(str(m.path), model=model, celm_a=a, celm_b=b, nms_max_peaks=0))
+        result = run_to_end(infer("celnet", str(m.path), model=model, celm_a=a, celm_b=b, nms_max_peaks=0))
         ev = next(mp for mp in result.maps if mp.name == "CELM evidence")
         cell = float(np.atleast_1d(ev.cell_size)[0])
         truth = truth_on_map(m, ev.data.shape, cell, ev.origin)
@@ -74,7 +74,8 @@ def main() -> None:
     ap.add_argument("--write", help="save a copy of the checkpoint with the chosen values in its config")
     args = ap.parse_args()
     keep_freed_memory()
-    model, ckpt = load_celnet(args.checkpoint, "cpu")
+    model = load_model("celnet", args.checkpoint, "cpu")
+    ckpt = model.checkpoint
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         sets = {name: make_mosaics(args.patches, Path(tmp) / name, count=args.mosaics, grid=(args.grid, args.grid),

@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     import torch
 
     from napari_glimpse.evaluate import roc_auc
-    from napari_glimpse.methods.glimpse_tree.api import evaluate, infer, load_model  # noqa: F401
+    from napari_glimpse.methods import infer, load_model
     from napari_glimpse.methods.glimpse_tree.data import find_slides
 
     torch.set_num_threads(args.threads)
@@ -64,8 +64,8 @@ def main(argv=None) -> int:
     for name, ckpt in (("supervised", args.supervised), ("mil", args.mil)):
         if args.only and name != args.only:
             continue
-        model, _, path = load_model(ckpt, "cpu")
-        models[name] = (model, path)
+        loaded = load_model("glimpse-tree", ckpt, "cpu")
+        models[name] = (loaded, loaded.checkpoint)
     settings = [(t, n) for t in args.temperatures for n in args.leaves] + [("all", None), ("all-tissue", None)]
     # scores[model][setting][rep][slide], seconds / patches likewise
     scores = {m: {s: np.full((args.reps, len(items)), np.nan) for s in settings} for m in models}
@@ -79,10 +79,11 @@ def main(argv=None) -> int:
                     if isinstance(s[0], str):  # the two All rows
                         if rep >= args.all_reps:
                             continue
-                        gen = infer(item.path, model=model, dense=True, show_q=False,
+                        gen = infer("glimpse-tree", item.path, model=model, dense=True, show_q=False,
                                     tissue_min=args.tissue_min if s[0] == "all-tissue" else 0.0)
                     else:
-                        gen = infer(item.path, model=model, leaves=s[1], temperature=s[0], seed=rep, show_q=False)
+                        gen = infer("glimpse-tree", item.path, model=model, leaves=s[1], temperature=s[0],
+                                    seed=rep, show_q=False)
                     res = _drive(gen)
                     scores[mname][s][rep, k] = res.slide_score
                     secs[mname][s][rep, k] = res.summary["seconds"]

@@ -25,8 +25,7 @@ import numpy as np
 import torch
 
 from napari_glimpse.evaluate import roc_auc
-from napari_glimpse.methods.celnet.training import default_checkpoint
-from napari_glimpse.runtime.checkpoint import load_model
+from napari_glimpse.methods import load_model
 from napari_glimpse.runtime.data import load_patch_folder
 
 CENTRES = (96, 80, 64, 48, 32)
@@ -88,7 +87,7 @@ def main() -> None:
         va = {c: z[f"va{c}"] for c in CENTRES}
         ytr, yva = z["ytr"], z["yva"]
     else:
-        model = load_model(args.checkpoint or default_checkpoint(), method="celnet").eval()
+        model = load_model("celnet", args.checkpoint, "cpu").model  # None: the shipped checkpoint
         tr, ytr = pooled_descriptors(model, args.data)
         va, yva = pooled_descriptors(model, args.val)
         if args.cache:

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from napari_glimpse.methods.glimpse_tree.api import infer, load_model
+    from napari_glimpse.methods import infer, load_model
     from napari_glimpse.methods.glimpse_tree.data import find_slides
     from napari_glimpse.runtime.events import run_to_end
 
@@ -60,10 +60,11 @@ def main(argv=None) -> int:
     print(f"{len(items)} slides ({int(y.sum())} with tumour), T = {args.temperature}, {args.reps} seeds\n\n"
           "| model | branching | tree AUC | All AUC | gap (95 % CI) | s / slide (All) |\n|---|---|---|---|---|---|")
     for name in args.models:
-        model, _, _ = load_model(name, "cpu")
+        model = load_model("glimpse-tree", name, "cpu")
         t0 = time.perf_counter()
-        all_scores = np.array([run_to_end(infer(i.path, model=model, dense=True, show_q=False)).slide_score
-                               for i in items])
+        all_scores = np.array([
+            run_to_end(infer("glimpse-tree", i.path, model=model, dense=True, show_q=False)).slide_score
+            for i in items])
         all_s = (time.perf_counter() - t0) / len(items)
         all_auc = roc_auc(y, all_scores)
         res = {"all": {"scores": all_scores.tolist(), "auc": all_auc, "seconds_per_slide": all_s}}
@@ -72,8 +73,8 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             for rep in range(args.reps):
                 for k, item in enumerate(items):
-                    gen = infer(item.path, model=model, branching=b, temperature=args.temperature, seed=rep,
-                                show_q=False)
+                    gen = infer("glimpse-tree", item.path, model=model, branching=b,
+                                temperature=args.temperature, seed=rep, show_q=False)
                     scores[rep, k] = run_to_end(gen).slide_score
             secs = (time.perf_counter() - t0) / (args.reps * len(items))
             key = "x".join(map(str, b))

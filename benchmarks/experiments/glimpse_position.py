@@ -38,14 +38,15 @@ def main(argv=None) -> int:
     import torch
 
     from napari_glimpse.evaluate import roc_auc
-    from napari_glimpse.methods.glimpse_tree.api import load_model
+    from napari_glimpse.methods import load_model
     from napari_glimpse.methods.glimpse_tree.data import find_slides
     from napari_glimpse.methods.glimpse_tree.inference import GlimpseReader, plan_regions, run_all
     from napari_glimpse.slides import open_slide
     from napari_glimpse.slides.tissue import tissue_mask
 
     torch.set_num_threads(args.threads)
-    model, cfg, path = load_model(args.model, "cpu")
+    loaded = load_model("glimpse-tree", args.model, "cpu")
+    model, cfg, path = loaded.model, loaded.config, loaded.checkpoint
     items = [i for i in find_slides(args.data, need="labels") if i.label is not None]
     y = np.array([i.label for i in items])
     if len(set(y)) < 2:
