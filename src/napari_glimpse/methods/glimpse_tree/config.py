@@ -69,10 +69,10 @@ class GlimpseTreeConfig:
                                  "tissue (ignored where no child reaches it; 0 = off)",
                                  min=0.0, max=1.0, group="inference")
     # --- data / resolution ---------------------------------------------------------------
-    mpp: float = param(0.972, "working resolution (leaf glimpses) in um/px", min=0.05, max=20.0)
+    mpp: float = param(0.972, "working resolution (leaf glimpses) in um/px", min=0.05, max=20.0, advanced=True)
     leaf_positive_fraction: float = param(
         0.02, "supervised: a leaf glimpse is positive when this fraction of it is annotated tumour",
-        min=0.0, max=1.0)
+        min=0.0, max=1.0, advanced=True)
     # --- training ------------------------------------------------------------------------
     strategy: str = param("supervised", "supervised (pixel annotations) or mil (slide labels only)",
                        choices=("supervised", "mil"))
@@ -80,34 +80,34 @@ class GlimpseTreeConfig:
     warmup_epochs: int = param(4, "epochs of C alone on uniformly sampled glimpses before alternating C / P",
                             min=0, max=10000)
     warmup_glimpses: int = param(600, "uniformly sampled glimpses per class for the warm-up",
-                              min=2, max=100000)
+                              min=2, max=100000, advanced=True)
     lr: float = param(1e-3, "initial learning rate (Adam)", min=1e-7, max=10.0)
-    lr_decay: float = param(0.1, "learning-rate factor every lr_decay_steps steps", min=0.0, max=1.0)
-    lr_decay_steps: int = param(1000, "optimizer steps between learning-rate decays", min=1, max=10**7)
-    weight_decay: float = param(1e-4, "L2 weight decay", min=0.0, max=1.0)
+    lr_decay: float = param(0.1, "learning-rate factor every lr_decay_steps steps", min=0.0, max=1.0, advanced=True)
+    lr_decay_steps: int = param(1000, "optimizer steps between learning-rate decays", min=1, max=10**7, advanced=True)
+    weight_decay: float = param(1e-4, "L2 weight decay", min=0.0, max=1.0, advanced=True)
     batch_size: int = param(16, "glimpses per classifier step", min=1, max=4096)
-    train_branching: tuple[int, ...] = param((2, 4), "branching while training (leaves drawn per region)")
+    train_branching: tuple[int, ...] = param((2, 4), "branching while training (leaves drawn per region)", advanced=True)
     policy_branching: tuple[int, ...] = param((4, 8), "branching in policy epochs: more trajectories per region "
-                                           "for eq. 5 (leaves are only scored, not trained)")
+                                           "for eq. 5 (leaves are only scored, not trained)", advanced=True)
     policy_target: str = param("sampled", "policy loss: sampled (eq. 5 at the drawn centres, the paper), dense "
                             "(q pixel-wise against C's scores on all leaf tiles) or dense-max (eq. 1: K * q at "
                             "every centre against the best leaf score inside that child)",
-                            choices=POLICY_TARGETS)
+                            choices=POLICY_TARGETS, advanced=True)
     policy_regions: int = param(0, "dense policy target: C's score maps of at most this many random regions per "
-                             "policy epoch (0 = all)", min=0, max=10**6)
+                             "policy epoch (0 = all)", min=0, max=10**6, advanced=True)
     policy_pos_weight: float = param(0.0, "dense policy target: extra weight of the squared error where C's score "
-                                  "is high (1 + w * score)", min=0.0, max=1000.0)
+                                  "is high (1 + w * score)", min=0.0, max=1000.0, advanced=True)
     leaf_jitter: float = param(0.0, "C epochs: move each policy-drawn leaf by up to this fraction of its edge in x and y "
                             "(C learns to score tumour wherever it sits in a glimpse, as the tree's leaves are "
-                            "not on All's grid; 0 = the paper)", min=0.0, max=1.0)
+                            "not on All's grid; 0 = the paper)", min=0.0, max=1.0, advanced=True)
     mil_tissue_min: float = param(0.5, "MIL: leaves with less tissue than this fraction do not train C",
-                               min=0.0, max=1.0)
+                               min=0.0, max=1.0, advanced=True)
     policy_passes: int = param(1, "passes over the training regions per policy epoch (policy steps are cheap)",
-                            min=1, max=100)
+                            min=1, max=100, advanced=True)
     temperature_start: float = param(1.0, "training temperature at the first alternating epoch (near uniform)",
-                                  min=1e-4, max=100.0)
-    temperature_decay: float = param(0.75, "training temperature factor per epoch", min=0.01, max=1.0)
-    temperature_min: float = param(0.05, "lowest training temperature", min=1e-4, max=100.0)
+                                  min=1e-4, max=100.0, advanced=True)
+    temperature_decay: float = param(0.75, "training temperature factor per epoch", min=0.01, max=1.0, advanced=True)
+    temperature_min: float = param(0.05, "lowest training temperature", min=1e-4, max=100.0, advanced=True)
     augment: bool = param(True, "random 90-degree rotations and flips of classifier glimpses")
     train_classifier: bool = param(True, "alternate C and policy epochs; off: every epoch trains the policies only, "
                                 "C frozen (fine-tune the policies of a trained model given with init)")
