@@ -25,6 +25,7 @@ from ...runtime.data import PatchFolder, iterate_patch_folder
 from ...runtime.device import autocast, resolve_device, run_in_chunks
 from ...runtime.events import Progress
 from ...runtime.fit import Trainer, fit
+from ...runtime.regions import to_tensor
 from .config import CELNetConfig
 from .model import build_model
 
@@ -48,11 +49,6 @@ def _main_bce(outputs: dict, target: torch.Tensor) -> float:
         return F.binary_cross_entropy_with_logits(outputs["logit"].float(), target).item()
 
 
-def _to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-    return x.contiguous(memory_format=torch.channels_last)
-
-
 def _predict(model, data: PatchFolder, device, batch_size: int, stage: str, tta: bool = False) -> Iterator[Progress]:
     """Probabilities and mean loss over a folder (eval mode); returns (probs, loss).
 
@@ -70,7 +66,7 @@ def _predict(model, data: PatchFolder, device, batch_size: int, stage: str, tta:
             lo, hi = b * batch_size, min((b + 1) * batch_size, n)
 
             def run(s, e, lo=lo):
-                x = _to_tensor(data.images[lo + s : lo + e], device)
+                x = to_tensor(data.images[lo + s : lo + e], device)
                 p = 0.0
                 with autocast(device):
                     for op in ops:
@@ -152,7 +148,7 @@ class CELNetTrainer(Trainer):
         running, running_bce, seen = 0.0, 0.0, 0
         for b in range(self.n_batches):
             idx = ctx.shard(np.sort(order[b * cfg.batch_size : (b + 1) * cfg.batch_size]))
-            x = _to_tensor(data.images[idx], dev)
+            x = to_tensor(data.images[idx], dev)
             if cfg.augment:
                 x = augment_batch(x, gen, cfg.color_jitter).contiguous(memory_format=torch.channels_last)
             y = torch.from_numpy(data.labels[idx]).float().to(dev)

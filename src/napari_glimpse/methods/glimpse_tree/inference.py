@@ -13,7 +13,6 @@ level's scale is within 5 % of the glimpse's (:mod:`napari_glimpse.runtime.regio
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -279,7 +278,3 @@ def run_all(model, reader: GlimpseReader, root_box, tissue, tissue_min: float, b
         reader.patches_read += len(keep)
         out[r, keep] = classify_glimpses(model, images, batch_size)
     return out
-
-
-def elapsed(t0: float) -> float:
-    return time.perf_counter() - t0
