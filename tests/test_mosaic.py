@@ -151,3 +151,42 @@ def test_cli_needs_a_grid_or_a_size(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["make-mosaic", "--out", str(tmp_path)])
     assert "--grid --size is required" in capsys.readouterr().err
+
+
+def test_lattice_offset_moves_pixels_mask_and_polygons_together(tmp_path):
+    made = make_mosaics(bundled_patches_dir(), tmp_path, 4, size=(1500, 1300), seed=3,
+                        positive_fraction=1.0, lattice_offset=True)
+    offsets = {m.lattice_offset for m in made}
+    assert len(offsets) > 1 and all(0 <= v < 96 for o in offsets for v in o) and (0, 0) not in offsets
+    bank = load_patch_bank(bundled_patches_dir())
+    for m in made:
+        ox, oy = m.lattice_offset
+        facts = json.loads(m.cells_path.read_text())
+        assert facts["lattice_offset"] == [ox, oy]
+        rows, cols = m.grid
+        cells = np.zeros((rows, cols), bool)
+        cells[tuple(np.array(facts["tumour_cells"]).T)] = True
+        full = np.repeat(np.repeat(cells, 96, 0), 96, 1)[oy : oy + 1300, ox : ox + 1500]
+        np.testing.assert_array_equal(tifffile.imread(m.mask_path, key=0), full * 255)
+        polys = read_geojson(m.geojson_path, slide_dims=m.dimensions)
+        np.testing.assert_array_equal(polygons_to_mask(polys, m.dimensions, 1) > 0, full)
+        assert m.tumour_fraction == pytest.approx(len(facts["tumour_cells"]) / facts["tissue_cells"])
+    # one tumour cell's pixels sit where the lattice says, and are a tumour patch
+    m = made[0]
+    ox, oy = m.lattice_offset
+    r, c = json.loads(m.cells_path.read_text())["tumour_cells"][0]
+    osr = openslide.OpenSlide(str(m.path))
+    cell = np.asarray(osr.read_region((c * 96 - ox, r * 96 - oy), 0, (96, 96)))[:, :, :3].astype(int)
+    osr.close()
+    err = min(np.abs(cell - np.rot90(p[:, ::-1] if t & 4 else p, t & 3)).mean() for p in bank[1] for t in range(8))
+    assert err < 8
+    with open(tmp_path / "tumour_fraction.csv") as f:
+        rows = {r["slide"]: float(r["label"]) for r in csv.DictReader(f)}
+    assert rows[m.name] == pytest.approx(m.tumour_fraction, abs=1e-6)
+
+
+def test_no_offset_slides_are_unchanged_by_the_option(tmp_path):
+    a = make_mosaics(bundled_patches_dir(), tmp_path / "a", 2, grid=(8, 9), seed=11)
+    b = make_mosaics(bundled_patches_dir(), tmp_path / "b", 2, grid=(8, 9), seed=11, lattice_offset=False)
+    assert [m.path.read_bytes() for m in a] == [m.path.read_bytes() for m in b]
+    assert all(m.lattice_offset == (0, 0) for m in a)

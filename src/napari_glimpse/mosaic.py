@@ -64,7 +64,14 @@ class MosaicSlide:
     label: int
     dimensions: tuple[int, int]
     grid: tuple[int, int]
-    tumour_cells: np.ndarray  # (n, 2) row, col
+    tumour_cells: np.ndarray  # (n, 2) row, col of the lattice
+    lattice_offset: tuple[int, int] = (0, 0)  # cell (r, c) starts at (c * 96 - x, r * 96 - y)
+    tissue_cells: int = 0
+
+    @property
+    def tumour_fraction(self) -> float:
+        """Tumour cells / tissue cells: the slide-level number of the regression task."""
+        return len(self.tumour_cells) / self.tissue_cells if self.tissue_cells else 0.0
 
 
 def load_patch_bank(
@@ -183,13 +190,16 @@ def _tumour(rng, tissue: np.ndarray, tumour_fraction: float) -> np.ndarray:
 # ----------------------------------------------------------------------------- rendering
 
 
-def _cells_for(y0, y1, x0, x1):
-    return range(y0 // CELL_SIZE, (y1 - 1) // CELL_SIZE + 1), range(
-        x0 // CELL_SIZE, (x1 - 1) // CELL_SIZE + 1
+def _cells_for(y0, y1, x0, x1, oy=0, ox=0):
+    """The lattice cells that pixels [y0, y1) x [x0, x1) touch; cell (r, c) covers pixels from
+    (c * CELL_SIZE - ox, r * CELL_SIZE - oy)."""
+    return range((y0 + oy) // CELL_SIZE, (y1 - 1 + oy) // CELL_SIZE + 1), range(
+        (x0 + ox) // CELL_SIZE, (x1 - 1 + ox) // CELL_SIZE + 1
     )
 
 
-def _image_tiles(width, height, tissue, tumour, pick, turn, bank, glass) -> Iterator[np.ndarray]:
+def _image_tiles(width, height, tissue, tumour, pick, turn, bank, glass, offset=(0, 0)) -> Iterator[np.ndarray]:
+    ox, oy = offset
     rows_t, cols_t = math.ceil(height / _TILE), math.ceil(width / _TILE)
     n = glass.shape[0] - _TILE
     for tr in range(rows_t):
@@ -197,9 +207,9 @@ def _image_tiles(width, height, tissue, tumour, pick, turn, bank, glass) -> Iter
             y0, x0 = tr * _TILE, tc * _TILE
             y1, x1 = min(y0 + _TILE, height), min(x0 + _TILE, width)
             # per-tile offset into the noise texture hides its period
-            oy, ox = (tr * 7919 + tc * 104729) % n, (tr * 15485863 + tc * 611953) % n
-            tile = glass[oy : oy + y1 - y0, ox : ox + x1 - x0].copy()
-            cr, cc = _cells_for(y0, y1, x0, x1)
+            gy, gx = (tr * 7919 + tc * 104729) % n, (tr * 15485863 + tc * 611953) % n
+            tile = glass[gy : gy + y1 - y0, gx : gx + x1 - x0].copy()
+            cr, cc = _cells_for(y0, y1, x0, x1, oy, ox)
             for r in cr:
                 if r >= tissue.shape[0]:
                     continue
@@ -210,7 +220,7 @@ def _image_tiles(width, height, tissue, tumour, pick, turn, bank, glass) -> Iter
                     patch = bank[cls][pick[r, c] % len(bank[cls])]
                     t = int(turn[r, c])
                     patch = np.rot90(patch[:, ::-1] if t & 4 else patch, t & 3)
-                    py0, px0 = r * CELL_SIZE, c * CELL_SIZE
+                    py0, px0 = r * CELL_SIZE - oy, c * CELL_SIZE - ox
                     sy0, sx0 = max(py0, y0), max(px0, x0)
                     sy1, sx1 = min(py0 + CELL_SIZE, y1), min(px0 + CELL_SIZE, x1)
                     tile[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = patch[
@@ -219,21 +229,22 @@ def _image_tiles(width, height, tissue, tumour, pick, turn, bank, glass) -> Iter
             yield tile
 
 
-def _mask_tiles(width, height, tumour) -> Iterator[np.ndarray]:
+def _mask_tiles(width, height, tumour, offset=(0, 0)) -> Iterator[np.ndarray]:
+    ox, oy = offset
     rows_t, cols_t = math.ceil(height / _TILE), math.ceil(width / _TILE)
     zero = np.zeros((_TILE, _TILE), np.uint8)
     for tr in range(rows_t):
         for tc in range(cols_t):
             y0, x0 = tr * _TILE, tc * _TILE
             y1, x1 = min(y0 + _TILE, height), min(x0 + _TILE, width)
-            cr, cc = _cells_for(y0, y1, x0, x1)
+            cr, cc = _cells_for(y0, y1, x0, x1, oy, ox)
             block = tumour[cr.start : cr.stop, cc.start : cc.stop]
             if not block.any():
                 yield zero[: y1 - y0, : x1 - x0]
                 continue
             full = np.repeat(np.repeat(block, CELL_SIZE, 0), CELL_SIZE, 1)
-            oy, ox = y0 - cr.start * CELL_SIZE, x0 - cc.start * CELL_SIZE
-            yield (full[oy : oy + y1 - y0, ox : ox + x1 - x0] * np.uint8(255)).astype(np.uint8)
+            by, bx = y0 + oy - cr.start * CELL_SIZE, x0 + ox - cc.start * CELL_SIZE
+            yield (full[by : by + y1 - y0, bx : bx + x1 - x0] * np.uint8(255)).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- slides
@@ -253,6 +264,7 @@ def make_mosaics(
     quality: int = 90,
     max_patches_per_class: int = 1000,
     n_slides: int | None = None,
+    lattice_offset: bool = False,
 ) -> list[MosaicSlide]:
     """Write ``count`` mosaic slides with their tumour masks, polygons and labels.
 
@@ -283,6 +295,11 @@ def make_mosaics(
         JPEG quality of the slide tiles.
     max_patches_per_class : int
         At most this many patches per class are decoded (memory bound for big folders).
+    lattice_offset : bool
+        Start each slide's cell lattice at a random sub-cell offset (0-95 px in x and y, drawn
+        per slide), as real slides never line up with a model's grid; the offset is in
+        ``cells.json`` (``lattice_offset``: [x, y]), the mask and polygons follow it. Without
+        it the slides are exactly those of earlier versions for the same seed.
 
     Returns
     -------
@@ -314,15 +331,17 @@ def make_mosaics(
     made = []
     for i in range(count):
         stem = (name if count == 1 else f"{name}_{i:03d}") if name else f"mosaic_{i:03d}"
+        # its own generator, so slides without an offset stay those of earlier versions
+        offset = tuple(int(v) for v in np.random.default_rng([seed, i, 7]).integers(0, CELL_SIZE, 2)) \
+            if lattice_offset else (0, 0)
         made.append(
             _make_one(
                 out,
                 stem,
                 bank,
-                rows,
-                cols,
                 width,
                 height,
+                offset,
                 int(positive[i]),
                 np.random.default_rng([seed, i]),
                 seed,
@@ -331,25 +350,32 @@ def make_mosaics(
                 quality,
             )
         )
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["slide", "label"])
-    for m in made:
-        w.writerow([m.name, m.label])
-    atomic_write_text(out / "labels.csv", buf.getvalue())
+    _write_labels(out / "labels.csv", [(m.name, m.label) for m in made])
+    _write_labels(out / "tumour_fraction.csv", [(m.name, f"{m.tumour_fraction:.6f}") for m in made])
     return made
 
 
+def _write_labels(path: Path, rows) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["slide", "label"])
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
 def _make_one(
-    out, stem, bank, rows, cols, width, height, label, rng, seed, tumour_fraction, mpp, quality
+    out, stem, bank, width, height, offset, label, rng, seed, tumour_fraction, mpp, quality
 ) -> MosaicSlide:
+    ox, oy = offset
+    rows, cols = math.ceil((height + oy) / CELL_SIZE), math.ceil((width + ox) / CELL_SIZE)
     tissue = _tissue(rng, rows, cols)
     tumour = _tumour(rng, tissue, tumour_fraction) if label else np.zeros_like(tissue)
-    # cells cut by the slide edge are never tumour, so the mask and polygons stay exact
-    if width % CELL_SIZE:
+    # cells cut by the slide edge are never tumour, so the mask and polygons stay exact (the
+    # first row and column are glass already, so an offset cuts only glass at the top left)
+    if (width + ox) % CELL_SIZE:
         tumour[:, -1] = False
         tissue[:, -1] = False
-    if height % CELL_SIZE:
+    if (height + oy) % CELL_SIZE:
         tumour[-1, :] = False
         tissue[-1, :] = False
     label = int(tumour.any())
@@ -365,13 +391,16 @@ def _make_one(
         path,
         width,
         height,
-        _image_tiles(width, height, tissue, tumour, pick, turn, bank, glass),
+        _image_tiles(width, height, tissue, tumour, pick, turn, bank, glass, offset),
         mpp,
         quality=quality,
         description=f"napari-glimpse PCam mosaic {stem}",
     )
-    write_mask(mask_path, width, height, _mask_tiles(width, height, tumour), mpp)
+    write_mask(mask_path, width, height, _mask_tiles(width, height, tumour, offset), mpp)
     polygons = mask_to_polygons(tumour, CELL_SIZE)
+    for a in polygons:
+        a.polygon = a.polygon - (ox, oy)
+        a.holes = [h - (ox, oy) for h in a.holes]
     geojson_path = out / f"{stem}.geojson"
     write_geojson(geojson_path, polygons)
     cells = np.argwhere(tumour)
@@ -382,6 +411,7 @@ def _make_one(
         "dimensions": [width, height],
         "grid": [rows, cols],
         "cell_size": CELL_SIZE,
+        "lattice_offset": [ox, oy],
         "mpp": mpp,
         "tissue_cells": int(tissue.sum()),
         "tumour_cells": cells.tolist(),
@@ -389,5 +419,6 @@ def _make_one(
     cells_path = out / f"{stem}.cells.json"
     atomic_write_text(cells_path, json.dumps(facts, separators=(",", ":")) + "\n")
     return MosaicSlide(
-        stem, path, mask_path, geojson_path, cells_path, label, (width, height), (rows, cols), cells
+        stem, path, mask_path, geojson_path, cells_path, label, (width, height), (rows, cols), cells,
+        offset, int(tissue.sum()),
     )

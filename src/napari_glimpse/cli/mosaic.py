@@ -47,6 +47,18 @@ def add_parsers(subparsers) -> None:
     )
     p.add_argument("--mpp", type=float, default=None, help="um/px (default 0.972, PCam 10x)")
     p.add_argument("--name", default=None, help="file stem (default mosaic_000, ...)")
+    p.add_argument(
+        "--lattice-offset",
+        action="store_true",
+        help="start each slide's cell lattice at a random sub-cell offset (real slides never "
+        "line up with a model's grid); use it for every set you evaluate on",
+    )
+    p.add_argument(
+        "--max-patches-per-class",
+        type=int,
+        default=1000,
+        help="decode at most this many patches per class (memory; default 1000)",
+    )
     p.set_defaults(func=_make_mosaic)
 
 
@@ -64,8 +76,11 @@ def _make_mosaic(args: argparse.Namespace) -> int:
         tumour_fraction=args.tumour_fraction,
         mpp=args.mpp or PCAM_MPP,
         name=args.name,
+        lattice_offset=args.lattice_offset,
+        max_patches_per_class=args.max_patches_per_class,
     )
     for m in made:
         w, h = m.dimensions
-        print(f"{m.path}  {w} x {h} px  label {m.label}  tumour cells {len(m.tumour_cells)}")
+        print(f"{m.path}  {w} x {h} px  label {m.label}  tumour cells {len(m.tumour_cells)}"
+              f"  lattice offset {m.lattice_offset[0]} {m.lattice_offset[1]}")
     return 0
