@@ -37,10 +37,10 @@ class SmallTrunk(nn.Module):
 class ResNetTrunk(nn.Module):
     """A torchvision-layout ResNet without its ``fc``: ``net.<torchvision names>``."""
 
-    def __init__(self, layers: tuple[int, int, int, int]):
+    def __init__(self, layers: tuple[int, int, int, int], net: ResNet | None = None):
         super().__init__()
-        self.net = ResNet(layers)
-        self.net.fc = nn.Identity()
+        self.net = net if net is not None else ResNet(layers)
+        self.net.fc = nn.Identity()  # the trunk ends in the pooled features; a loaded fc is dropped
         self.out_channels = 512
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -117,13 +117,7 @@ class CELNetTrainer(Trainer):
         self.val_data = None
         if self.val_dir is not None and ctx.is_main:
             self.val_data = yield from _load_folder(self.val_dir, cfg.workers, cfg.val_limit, self.seed, "validation")
-        self.model = build_model(cfg).to(self.device).to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-            weight_decay=cfg.weight_decay,
-        )
-        milestones = sorted({max(1, round(f * cfg.epochs)) for f in cfg.lr_milestones})
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=milestones, gamma=cfg.lr_gamma)
+        self.model, self.optimizer, self.scheduler = self.build()
 
         n = len(self.train_data)
         self.per_epoch = min(cfg.epoch_size or n, n)
@@ -134,6 +128,16 @@ class CELNetTrainer(Trainer):
             raise DatasetError(f"{self.per_epoch} training patches cannot be split over {ctx.world_size} processes",
                                self.train_dir)
         self.micro = cfg.batch_size  # shrinks for good after an out-of-memory
+
+    def build(self):
+        """The model (on the device, channels-last), its optimiser and its schedule; a
+        subclass training another patch classifier on the same loop replaces this."""
+        cfg = self.config
+        model = build_model(cfg).to(self.device).to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                                    weight_decay=cfg.weight_decay)
+        milestones = sorted({max(1, round(f * cfg.epochs)) for f in cfg.lr_milestones})
+        return model, optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=cfg.lr_gamma)
 
     def data_summary(self) -> dict:
         return {"train": self.train_data.summary(), "val": self.val_data.summary() if self.val_data else None,
@@ -157,7 +161,7 @@ class CELNetTrainer(Trainer):
             def step(s, e, x=x, y=y):
                 with autocast(dev):
                     out = net(x[s:e])
-                    loss = deep_supervision_loss(out, y[s:e], cfg.aux_loss_weight)
+                    loss = deep_supervision_loss(out, y[s:e], getattr(cfg, "aux_loss_weight", 0.0))
                 (loss * (e - s) / len(y)).backward()
                 return loss.item() * (e - s), _main_bce(out, y[s:e]) * (e - s)
 
