@@ -118,8 +118,13 @@ def _write(grid: FeatureGrid, path: Path, key: str) -> None:
         # attrs last: an entry without its key is never read
         group.attrs.update(key=key, meta=grid.meta, origin=list(grid.origin), cell_size=grid.cell_size)
         if path.exists():
-            shutil.rmtree(path)  # a corrupt or partial entry under the final name
-        os.replace(tmp, path)
+            shutil.rmtree(path, ignore_errors=True)  # a corrupt or partial entry under the final name
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not path.exists():
+                raise
+            # another process stored the same key first; its entry is as good as ours
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
