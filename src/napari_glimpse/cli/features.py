@@ -11,8 +11,6 @@ from pathlib import Path
 
 
 def add_parsers(subparsers) -> None:
-    from ..encoders import DEFAULT_ENCODER
-
     p = subparsers.add_parser(
         "features",
         help="extract patch-feature grids of slides into a cache folder",
@@ -22,8 +20,8 @@ def add_parsers(subparsers) -> None:
     )
     p.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files")
     p.add_argument("--out", required=True, metavar="DIR", help="feature cache folder")
-    p.add_argument("--encoder", default=DEFAULT_ENCODER,
-                   help=f"encoder name, NAME=WEIGHTS or checkpoint (default {DEFAULT_ENCODER})")
+    # no default here: importing the encoders would import torch whenever the CLI is built
+    p.add_argument("--encoder", help="encoder name, NAME=WEIGHTS or checkpoint (default: the shipped PCam encoder)")
     p.add_argument("--patch-px", type=int, help="patch edge in pixels (default: the encoder's)")
     p.add_argument("--mpp", type=float, help="um/px of the patches (default: the encoder's)")
     p.add_argument("--tissue-min", type=float, default=0.25,
@@ -34,7 +32,7 @@ def add_parsers(subparsers) -> None:
 
 
 def features_cmd(args) -> int:
-    from ..encoders import load_encoder
+    from ..encoders import DEFAULT_ENCODER, load_encoder
     from ..errors import GlimpseError
     from ..features.cache import iter_cached_grid_features
     from ..runtime.device import resolve_device
@@ -42,7 +40,7 @@ def features_cmd(args) -> int:
 
     try:
         device = resolve_device(args.device)
-        encoder = load_encoder(args.encoder, device)
+        encoder = load_encoder(args.encoder or DEFAULT_ENCODER, device)
     except ValueError as exc:
         raise GlimpseError(str(exc)) from None
     failed = 0
