@@ -12,6 +12,7 @@ from PIL import Image
 from napari_glimpse.cli import main
 from napari_glimpse.encoders import load_encoder
 from napari_glimpse.errors import SlideError
+from napari_glimpse.features import cache as cache_mod
 from napari_glimpse.features import grid as grid_mod
 from napari_glimpse.features.cache import cached_grid_features, iter_cached_grid_features
 from napari_glimpse.features.grid import grid_features, iter_grid_features
@@ -110,6 +111,11 @@ def test_slide_without_mpp_needs_the_grid_mpp(tmp_path, encoder):
         grid_features(path, encoder, tissue=None)
     g = grid_features(path, encoder, tissue=None, mpp=0.5)
     assert g.cell_size == 96.0 and g.shape == (3, 4)
+    # blank glass: an empty grid, stored and read back like any other
+    for cached in (False, True):
+        blank = cached_grid_features(path, encoder, cache=tmp_path / "cache", mpp=0.5)
+        assert blank.shape == (0, 0) and blank.features.shape == (0, 0, encoder.feature_dim)
+        assert blank.meta["cached"] is cached and blank.meta["pixels_read"] == 0
 
 
 def test_cache_hit_reads_no_pixels_and_stale_entries_miss(mosaic, encoder, tmp_path, monkeypatch):
@@ -122,8 +128,10 @@ def test_cache_hit_reads_no_pixels_and_stale_entries_miss(mosaic, encoder, tmp_p
 
     with monkeypatch.context() as m:
         m.setattr(Slide, "read_region", no_pixels)
-        m.setattr(grid_mod, "iter_grid_features", no_pixels)
+        m.setattr(cache_mod, "iter_grid_features", no_pixels)
         hit = cached_grid_features(mosaic.path, encoder, cache=cache)
+        with pytest.raises(AssertionError, match="read slide pixels"):  # the guard works
+            cached_grid_features(mosaic.path, encoder, cache=False)
     assert hit.meta["cached"] is True
     np.testing.assert_array_equal(hit.features, first.features)
     np.testing.assert_array_equal(hit.tissue, first.tissue)
