@@ -38,6 +38,9 @@ def features_cmd(args) -> int:
     from ..runtime.device import resolve_device
     from ._progress import drive
 
+    for flag, value in (("--patch-px", args.patch_px), ("--mpp", args.mpp), ("--batch-size", args.batch_size)):
+        if value is not None and value <= 0:
+            raise GlimpseError(f"{flag} must be positive, not {value}")
     try:
         device = resolve_device(args.device)
         encoder = load_encoder(args.encoder or DEFAULT_ENCODER, device)
