@@ -1,9 +1,10 @@
 """The compressing path: patch features on a grid over a slide's tissue, cached per slide.
 
 :class:`FeatureGrid` is what every feature-based method reads (grid attention today; MagNets
-and RAZN through the same encoders). ``grid.grid_features`` computes one; ``cache.FeatureCache``
-stores it in zarr keyed by the slide file's identity, the encoder's checksum and the grid
-parameters, so a stale cache is never reused.
+and RAZN through the same encoders). ``grid.grid_features`` computes one;
+``cache.cached_grid_features`` reads it from, or stores it in, a zarr cache keyed by the slide
+file's identity, the encoder's checksum and the grid parameters, so a stale cache is never
+reused. ``napari-glimpse features`` fills such a cache from the command line.
 """
 
 from __future__ import annotations
