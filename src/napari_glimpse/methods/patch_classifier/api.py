@@ -19,8 +19,33 @@ def load(path: str, device):
 
 
 def infer(slide, model, config: PatchClassifierInferConfig, region) -> Generator:
-    """The tumour probability of every tissue cell of the feature grid; slide score = its max."""
-    raise NotImplementedError("written once the feature grid lands")  # replaced in the merge
+    """The tumour probability of every tissue cell of the feature grid (the cells grid attention
+    reads); slide score = its maximum, evidence = the most probable cells."""
+    import numpy as np
+
+    from ...features.grid import iter_grid_features
+    from ...results import InferenceResult, SlideMap, SlidePoints
+    from ...runtime.run import top_evidence
+
+    grid = yield from iter_grid_features(slide, model.model.encoder, tissue_min=config.tissue_min,
+                                         batch_size=config.batch_size, device=model.device, region=region)
+    prob = np.zeros(grid.shape, np.float32)
+    prob[grid.tissue] = 1.0 / (1.0 + np.exp(-grid.scores[grid.tissue]))
+    rc = np.argwhere(grid.tissue)
+    order = np.argsort(-prob[grid.tissue], kind="stable")
+    xy, scores = grid.cell_centres(rc[order]), prob[grid.tissue][order]
+    score = float(scores[0]) if len(scores) else 0.0
+    points = [SlidePoints("most probable cells", xy[:100], {"score": scores[:100]}, size_px=grid.cell_size,
+                          face_color="cyan")]
+    summary = {
+        "slide_score": score, "slide_call": int(score >= config.threshold), "threshold": config.threshold,
+        "patches_read": grid.meta["patches_read"], "pixels_read": grid.meta["pixels_read"],
+        "grid": list(grid.shape), "tissue_cells": int(grid.tissue.sum()), "cell_size": grid.cell_size,
+        "evidence": top_evidence(xy, scores),
+    }
+    maps = [SlideMap("tumour probability", prob, grid.cell_size, grid.origin, colormap="inferno")]
+    return InferenceResult("patch-classifier", slide.path, score, maps=maps, points=points, summary=summary,
+                           mpp=slide.mpp)
 
 
 def evaluate(data_dir, model, config: PatchClassifierInferConfig, *, limit: int = 0) -> Generator:
