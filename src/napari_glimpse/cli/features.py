@@ -28,6 +28,7 @@ def add_parsers(subparsers) -> None:
                    help="least tissue fraction of an encoded patch (default 0.25)")
     p.add_argument("--batch-size", type=int, default=128, help="patches per encoder pass (default 128)")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
     p.set_defaults(func=features_cmd)
 
 
@@ -41,6 +42,10 @@ def features_cmd(args) -> int:
     for flag, value in (("--patch-px", args.patch_px), ("--mpp", args.mpp), ("--batch-size", args.batch_size)):
         if value is not None and value <= 0:
             raise GlimpseError(f"{flag} must be positive, not {value}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         device = resolve_device(args.device)
         encoder = load_encoder(args.encoder or DEFAULT_ENCODER, device)
