@@ -27,7 +27,10 @@ from ._plots import CurvePlot
 # Progress metrics drawn as curves, each against its own count of reports: "loss" is the
 # running training loss per batch, the others come once per epoch ("train_bce": the main
 # output's BCE, comparable with "val_loss" when the objective adds companion losses).
-CURVES = ("loss", "train_loss", "train_bce", "val_loss", "val_accuracy", "val_auc")
+CURVES = ("loss", "train_loss", "train_bce", "val_loss", "val_accuracy", "val_auc", "val_spearman")
+#: What the stage line says for the training loops' Progress stages.
+STAGES = {"load": "loading data", "features": "feature extraction", "train": "training", "validate": "validation",
+          "epoch": "training", "resume": "resuming"}
 
 
 def data_widget(item: _methods.DataInput) -> FileEdit:
@@ -64,11 +67,12 @@ class TrainingWidget(WorkerControls, Container):
         self.resume_button = PushButton(text="Resume", tooltip="continue the output checkpoint's run "
                                                                "from its last saved epoch")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.stage = Label(label="stage", value="")
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
         self.status = Label(label="status", value="")
         self.curves = CurvePlot()
         self.extend([self.method, self.method_options, self.device, self.output, self.init,
-                     self.start_button, self.resume_button, self.cancel_button, self.progress, self.status])
+                     self.start_button, self.resume_button, self.cancel_button, self.stage, self.progress, self.status])
         self.native.layout().addWidget(self.curves)
         # A closed dock (or viewer) must not leave training running in the background.
         self.native.destroyed.connect(self._quit_quietly)
@@ -148,6 +152,8 @@ class TrainingWidget(WorkerControls, Container):
         return config_from_dict(spec.train_config_cls, self.method_options.values(), where=spec.name)
 
     def _on_progress(self, ev) -> None:
+        # each stage (loading data, feature extraction, training, validation) runs its own bar
+        self.stage.value = STAGES.get(ev.stage, ev.stage)
         self.progress.max = max(1, int(ev.total))
         self.progress.value = min(int(ev.done), self.progress.max)
         metrics = ev.metrics or {}
