@@ -35,7 +35,8 @@ def infer(slide, model, config: PatchClassifierInferConfig, region) -> Generator
     order = np.argsort(-prob[grid.tissue], kind="stable")
     xy, scores = grid.cell_centres(rc[order]), prob[grid.tissue][order]
     score = float(scores[0]) if len(scores) else 0.0
-    points = [SlidePoints("most probable cells", xy[:100], {"score": scores[:100]}, size_px=grid.cell_size,
+    keep = min(10, int(np.count_nonzero(scores >= config.threshold))) or min(1, len(scores))
+    points = [SlidePoints("most probable cells", xy[:keep], {"score": scores[:keep]}, size_px=grid.cell_size / 3,
                           face_color="cyan")]
     summary = {
         "slide_score": score, "slide_call": int(score >= config.threshold), "threshold": config.threshold,
