@@ -3,8 +3,8 @@ method's folder defines its ``SPEC``; none of them imports torch."""
 
 from __future__ import annotations
 
-from . import celnet, glimpse_tree
+from . import attention_grid, celnet, glimpse_tree
 from .registry import register
 
-for _spec in (celnet.SPEC, glimpse_tree.SPEC):
+for _spec in (celnet.SPEC, glimpse_tree.SPEC, attention_grid.SPEC):
     register(_spec, replace=True)
