@@ -15,8 +15,11 @@ import torch
 
 from napari_glimpse.features import FeatureGrid
 from napari_glimpse.methods.attention_grid import api, grids
-from napari_glimpse.methods.attention_grid.config import AttentionGridConfig, AttentionGridInferConfig
-from napari_glimpse.methods.attention_grid.model import GridAttention, branch_attention, grad_cam
+from napari_glimpse.methods.attention_grid.config import (
+    AttentionGridConfig,
+    AttentionGridInferConfig,
+)
+from napari_glimpse.methods.attention_grid.model import GridAttention, branch_attention
 from napari_glimpse.methods.registry import LoadedModel
 from napari_glimpse.runtime.events import run_to_end
 
@@ -58,6 +61,15 @@ def slide_folder(path, n, rng, kind="classification", labels="labels.csv"):
         rows.append(f"{stem},{label}")
     (path / labels).write_text("\n".join(rows) + "\n")
     return made
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks: one thread is faster than contending for the machine's cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture
@@ -276,3 +288,64 @@ def test_stack_cells_and_evidence_land_on_their_level0_pixels():
     assert np.argmax(np.where(grid.tissue, heat, -1)) == r * n + c  # the first point is the top cell
     world = points.data[0]
     assert np.round(layer.world_to_data((0, *world))[1:]).astype(int).tolist() == [r, c]
+
+
+# ----------------------------------------------------------------------------- CLI on real slides
+
+
+def pixel_grid(slide, params, device, region=None):
+    """A stand-in compressing path on real slide pixels: per 96 px cell its mean and std RGB."""
+    from napari_glimpse.slides import open_slide
+
+    if isinstance(slide, str):
+        with open_slide(slide) as opened:
+            return (yield from pixel_grid(opened, params, device, region))
+    w, h = slide.dimensions
+    img = slide.read_region((0, 0), 0, (w, h)).astype(np.float32) / 255.0
+    m, n = h // 96, w // 96
+    cells = img[: m * 96, : n * 96].reshape(m, 96, n, 96, 3)
+    f = np.concatenate([cells.mean((1, 3)), cells.std((1, 3))], axis=2)
+    tissue = cells.mean((1, 3, 4)) < 0.85
+    f[~tissue] = 0
+    yield grids.Progress("features", 1, 1, "pixel features")
+    return FeatureGrid(f.astype(np.float16), tissue, None, (0.0, 0.0), 96.0,
+                       {"patches_read": int(tissue.sum()), "pixels_read": int(w * h)})
+
+
+def test_cli_train_evaluate_infer_on_mosaic_slides(tmp_path, monkeypatch, capsys):
+    from napari_glimpse.cli import main
+    from napari_glimpse.runtime.checkpoint import read_header
+    from napari_glimpse.runtime.results_io import load_result
+
+    monkeypatch.setattr(grids, "slide_grid", pixel_grid)
+    monkeypatch.setenv("NAPARI_GLIMPSE_CONFIG", str(tmp_path / "config"))
+    data = tmp_path / "slides"
+    assert main(["make-mosaic", "--out", str(data), "--count", "4", "--grid", "4", "5", "--seed", "2",
+                 "--max-patches-per-class", "20"]) == 0
+    ckpt = tmp_path / "ag.safetensors"
+    common = ["--data", str(data), "--val", str(data), "--epochs", "2", "--channels", "2", "--accumulate", "2",
+              "--encoder", "small", "--lr", "1e-3"]
+    assert main(["train", "attention-grid", *common, "--out", str(ckpt)]) == 0
+    header = read_header(ckpt, expected_method="attention-grid")
+    assert header["config"]["head"] == "minmax" and header["config"]["variant"] == "faithful"
+    assert header["config"]["feature_dim"] == 6 and len(header["history"]) >= 1
+    reg = tmp_path / "reg.safetensors"
+    assert main(["train", "attention-grid", *common, "--out", str(reg), "--task", "regression",
+                 "--labels", "tumour_fraction.csv"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "attention-grid", "--checkpoint", str(ckpt), "--data", str(data)]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["n"] == 4 and {"auc", "auc_interval", "seconds_per_slide"} <= set(metrics)
+    assert main(["evaluate", "attention-grid", "--checkpoint", str(reg), "--data", str(data)]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["n"] == 4 and "spearman" in metrics and "auc" not in metrics
+    slide = sorted(data.glob("*.tif"))[0]
+    out = tmp_path / "out"
+    assert main(["infer", "attention-grid", "--checkpoint", str(ckpt), str(slide), "--out", str(out),
+                 "--quiet"]) == 0
+    summary = json.loads((out / slide.stem / "summary.json").read_text())
+    assert summary["summary"]["slide_call"] in (0, 1) and 0 < len(summary["evidence"]) <= 10
+    result = load_result(out / slide.stem)
+    stack = next(m for m in result.maps if m.name == "max attention")
+    assert stack.data.shape == (2, 4, 5) and stack.cell_size == 96.0
+    assert np.allclose(stack.data.sum((1, 2)) <= 1.0 + 1e-5, True)
