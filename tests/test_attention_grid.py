@@ -349,3 +349,22 @@ def test_cli_train_evaluate_infer_on_mosaic_slides(tmp_path, monkeypatch, capsys
     stack = next(m for m in result.maps if m.name == "max attention")
     assert stack.data.shape == (2, 4, 5) and stack.cell_size == 96.0
     assert np.allclose(stack.data.sum((1, 2)) <= 1.0 + 1e-5, True)
+
+
+def test_panels_offer_the_task_and_the_encoder_from_the_registry(make_napari_viewer):
+    from napari_glimpse._napari.widgets import InferenceWidget, TrainingWidget
+
+    viewer = make_napari_viewer()
+    panel = TrainingWidget(viewer)
+    viewer.window.add_dock_widget(panel)
+    panel.method.value = "attention-grid"
+    assert [d.label for d in panel.data] == ["training", "validation"]
+    options = set(panel.method_options.values())
+    assert {"task", "encoder", "labels", "epochs", "accumulate"} <= options
+    assert not options & {"threshold", "target_mean", "target_std", "feature_dim"}  # set by training
+    assert set(panel.method_options.task.choices) == {"classification", "regression"}
+    assert "resnet34" in panel.method_options.encoder.choices
+    run = InferenceWidget(viewer)
+    viewer.window.add_dock_widget(run)
+    run.method.value = "attention-grid"
+    assert {"threshold", "evidence"} <= set(run.params.values())
