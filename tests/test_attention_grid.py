@@ -175,8 +175,9 @@ def _held_out(model, cfg, n, seed, kind="classification"):
     return np.array(truth), np.array(scores), {k: v / (n // 2) for k, v in hits.items()}
 
 
-@pytest.mark.parametrize("head", ["minmax", "max", "abmil"])
-def test_training_learns_planted_cells_and_attends_to_them(fake_grids, tmp_path, head, capsys):
+@pytest.mark.parametrize("head, variant", [("minmax", "faithful"), ("minmax", "masked"), ("max", "faithful"),
+                                           ("abmil", "faithful")])
+def test_training_learns_planted_cells_and_attends_to_them(fake_grids, tmp_path, head, variant, capsys):
     from napari_glimpse.evaluate import roc_auc
     from napari_glimpse.methods.attention_grid.training import train
 
@@ -190,7 +191,7 @@ def test_training_learns_planted_cells_and_attends_to_them(fake_grids, tmp_path,
     from napari_glimpse.runtime.checkpoint import read_header
     from napari_glimpse.runtime.fit import last_path
 
-    cfg = AttentionGridConfig(**TINY, epochs=12, head=head)
+    cfg = AttentionGridConfig(**TINY, epochs=12, head=head, variant=variant)
     out = run_to_end(train(tmp_path / "train", tmp_path / "ag.safetensors", val_dir=tmp_path / "val",
                            config=cfg, device="cpu"))
     best = read_header(out)
@@ -198,13 +199,14 @@ def test_training_learns_planted_cells_and_attends_to_them(fake_grids, tmp_path,
     assert best["config"]["threshold"] == best["metrics"]["threshold"]  # the best epoch's own threshold
     # held out: the fully trained model (the best epoch is the first perfect one on 10 validation slides)
     model, stored = api.load(str(last_path(out)), torch.device("cpu"))
-    assert (stored.head, stored.variant, stored.task, stored.feature_dim) == (head, "faithful", "classification", K)
+    assert (stored.head, stored.variant, stored.task, stored.feature_dim) == (head, variant, "classification", K)
     assert 0.0 <= stored.threshold <= 1.0
     truth, scores, hits = _held_out(model, stored, 40, seed=99)
     auc = roc_auc(truth, scores)
     with capsys.disabled():
-        print(f"\n[attention-grid {head}] held-out AUC {auc:.3f}; top cell on a planted cell: "
-              f"mean max attention {hits['attention']:.2f}, Grad-CAM {hits['gradcam']:.2f}")
+        cam = "n/a (no G')" if head == "abmil" else f"{hits['gradcam']:.2f}"
+        print(f"\n[attention-grid {head} {variant}] held-out AUC {auc:.3f}; top cell on a planted cell: "
+              f"attention {hits['attention']:.2f}, Grad-CAM {cam}")
     assert auc > 0.9
     assert hits["attention"] >= 0.7  # the evidence default: the mean max attention (ABMIL: its attention)
 
