@@ -370,3 +370,16 @@ def test_panels_offer_the_task_and_the_encoder_from_the_registry(make_napari_vie
     viewer.window.add_dock_widget(run)
     run.method.value = "attention-grid"
     assert {"threshold", "evidence"} <= set(run.params.values())
+
+
+def test_a_missing_labels_file_is_named_and_youden_picks_the_separating_threshold(tmp_path):
+    from napari_glimpse.errors import DatasetError
+    from napari_glimpse.evaluate import spearman, youden_threshold
+    from napari_glimpse.methods.attention_grid.training import labelled_slides
+
+    slide_folder(tmp_path, 4, np.random.default_rng(0))
+    with pytest.raises(DatasetError, match="fraction.csv"):
+        labelled_slides(tmp_path, AttentionGridConfig(task="regression", labels="fraction.csv"))
+    assert [i.label for i in labelled_slides(tmp_path, AttentionGridConfig())] == [0, 1, 0, 1]
+    assert youden_threshold([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.9]) == 0.6
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 25]) == pytest.approx(0.8)
