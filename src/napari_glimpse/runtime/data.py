@@ -304,7 +304,8 @@ def _listing(folder: Path) -> tuple[list[str], dict[str, str]]:
     return names, {n.lower(): n for n in names}
 
 
-def find_slides(folder: str | os.PathLike, need: str = "any", binary: bool = False) -> list[SlideItem]:
+def find_slides(folder: str | os.PathLike, need: str = "any", binary: bool = False,
+                labels: str = "labels.csv") -> list[SlideItem]:
     """Slides of ``folder`` with labels (``labels.csv``) and annotations.
 
     Parameters
@@ -315,6 +316,8 @@ def find_slides(folder: str | os.PathLike, need: str = "any", binary: bool = Fal
         none); ``"any"``: whatever is there.
     binary
         Labels must be 0 / 1 (:func:`read_labels`).
+    labels
+        The labels file's name in ``folder`` (e.g. ``tumour_fraction.csv``, numbers to regress).
 
     Raises
     ------
@@ -324,7 +327,8 @@ def find_slides(folder: str | os.PathLike, need: str = "any", binary: bool = Fal
     """
     folder = Path(folder)
     names, lower = _listing(folder)
-    labels = read_labels(folder / lower["labels.csv"], binary) if "labels.csv" in lower else None
+    labels_name = labels
+    labels = read_labels(folder / lower[labels_name.lower()], binary) if labels_name.lower() in lower else None
     values = labels.values if labels else {}
     items = []
     for name in names:
@@ -337,12 +341,12 @@ def find_slides(folder: str | os.PathLike, need: str = "any", binary: bool = Fal
     stems = {i.stem for i in items}
     absent = sorted(s for s in values if s not in stems)
     if absent:
-        raise DatasetError(f"labels.csv names slides that are not in the folder: {absent[:5]}", labels.path)
+        raise DatasetError(f"{labels_name} names slides that are not in the folder: {absent[:5]}", labels.path)
     missing = [i.stem for i in items if i.stem not in values]
     if values and missing and need == "labels":
-        raise DatasetError(f"labels.csv has no label for {missing[:5]}", folder)
+        raise DatasetError(f"{labels_name} has no label for {missing[:5]}", folder)
     if need == "labels" and not labels:
-        raise DatasetError("no labels.csv (columns slide,label) in the folder", folder)
+        raise DatasetError(f"no {labels_name} (columns slide,label) in the folder", folder)
     if need == "annotations":
         bad = [i.stem for i in items if i.annotation is None and i.label != 0]
         if bad:
