@@ -22,8 +22,14 @@ from napari_glimpse.slides import Slide, open_slide
 
 
 def _encoder(seed: int = 0):
-    torch.manual_seed(seed)  # the untrained encoder's weights (and checksum) follow the seed
-    return load_encoder("small")
+    """The untrained small encoder (fixed weights), perturbed by ``seed`` for another checksum."""
+    enc = load_encoder("small")
+    if seed:
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for p in enc.parameters():
+                p.add_(torch.randn_like(p) * 0.01)
+    return enc
 
 
 @pytest.fixture(scope="module")

@@ -66,7 +66,6 @@ class Encoder(nn.Module):
         self.mpp = float(mpp)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self._checksum: str | None = None
 
     @property
     def has_scores(self) -> bool:
@@ -74,9 +73,9 @@ class Encoder(nn.Module):
 
     @property
     def checksum(self) -> str:
-        if self._checksum is None:
-            self._checksum = weights_checksum(self)
-        return self._checksum
+        # computed on every call (milliseconds for the small trunk, ~0.1 s for ResNet-34): weights
+        # changed in place (fine-tuning in the same process) must never reuse a stale cache entry
+        return weights_checksum(self)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) float in [0, 1] -> (N, K) features."""

@@ -51,12 +51,12 @@ def slide_grid(slide, params: GridParams, device, region=None) -> Generator[Prog
 
     encoder = load_encoder(params.encoder, device)
     if region is None:
-        from ...features.cache import cached_grid_features
+        from ...features.cache import iter_cached_grid_features
 
         path = getattr(slide, "path", slide)
-        grid = cached_grid_features(str(path), encoder, cache=params.cache_arg(), patch_px=params.patch_px,
-                                    mpp=params.mpp, tissue_min=params.tissue_min, batch_size=params.batch_size,
-                                    device=str(device))
+        grid = yield from iter_cached_grid_features(
+            str(path), encoder, cache=params.cache_arg(), patch_px=params.patch_px, mpp=params.mpp,
+            tissue_min=params.tissue_min, batch_size=params.batch_size, device=str(device))
     else:
         from ...features.grid import iter_grid_features
         from ...slides import open_slide
