@@ -35,7 +35,10 @@ from napari_glimpse.evaluate import bootstrap_auc_interval, roc_auc, spearman
 from napari_glimpse.features.cache import cached_grid_features
 from napari_glimpse.methods import get_method, load_model
 from napari_glimpse.methods.attention_grid.api import result_from_grid
-from napari_glimpse.methods.attention_grid.config import AttentionGridConfig, AttentionGridInferConfig
+from napari_glimpse.methods.attention_grid.config import (
+    AttentionGridConfig,
+    AttentionGridInferConfig,
+)
 from napari_glimpse.runtime.data import find_slides
 from napari_glimpse.runtime.events import run_to_end
 

@@ -60,7 +60,6 @@ def test_shipped_glimpse_trees_beat_chance_on_held_out_mosaics(held_out_mosaics,
 def test_shipped_pcam_encoder_finds_the_tumour_of_held_out_mosaics(held_out_mosaics, one_thread):  # noqa: F811
     # the patch classifier's most probable cell (its first evidence point) on each positive
     # mosaic falls on the tumour mask: the grid the features come from lands on the right pixels
-    import numpy as np
     import tifffile
 
     from napari_glimpse.runtime.data import read_labels
