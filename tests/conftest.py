@@ -16,6 +16,15 @@ import pytest
 PATCHES = Path(__file__).resolve().parents[1] / "src" / "napari_glimpse" / "_sample_data" / "patches"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _feature_cache_in_tmp(tmp_path_factory):
+    """Feature grids the tests compute go to a temporary cache, not the user's ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NAPARI_GLIMPSE_CACHE", str(tmp_path_factory.mktemp("feature-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def pcam_patches() -> dict[int, list[Path]]:
     """{0: normal patch files, 1: tumour patch files}, sorted (bundled, CC0)."""

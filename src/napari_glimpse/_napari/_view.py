@@ -339,6 +339,11 @@ def _zoom_to_slide(viewer) -> None:
     from ..layers import META_KIND
 
     slides = [lyr for lyr in viewer.layers if (lyr.metadata or {}).get(META_KIND) == "slide"]
+    if slides and slides[0].ndim < viewer.dims.ndim:
+        # napari 0.9 cannot fit a subset of layers with fewer dimensions than the viewer (an
+        # attention stack [H, M, N] over a 2-D slide raises IndexError): fit them all; the
+        # stacks lie inside the slide
+        slides = []
     viewer.reset_view(layers=slides[:1] or None)
 
 

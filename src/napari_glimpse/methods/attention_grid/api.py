@@ -62,7 +62,9 @@ def result_from_grid(grid, model, config: AttentionGridInferConfig, slide_path: 
     maps = []
     for key, title in (("max", "max attention"), ("min", "min attention")):
         if key in attention:
-            maps.append(cells(f"{title} (mean)", attention[key].mean(0), contrast_limits=None, colormap="viridis"))
+            # the min branch's mean starts hidden: three stacked heat maps hide the tissue
+            maps.append(cells(f"{title} (mean)", attention[key].mean(0), contrast_limits=None, colormap="viridis",
+                              visible=key == "max"))
             maps.append(cells(title, attention[key], contrast_limits=None, colormap="viridis", visible=False,
                               metadata={"channels": int(attention[key].shape[0])}))
     if "abmil" in attention:
