@@ -383,3 +383,60 @@ def test_a_missing_labels_file_is_named_and_youden_picks_the_separating_threshol
     assert [i.label for i in labelled_slides(tmp_path, AttentionGridConfig())] == [0, 1, 0, 1]
     assert youden_threshold([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.9]) == 0.6
     assert spearman([1, 2, 3, 4], [10, 20, 30, 25]) == pytest.approx(0.8)
+
+
+# ----------------------------------------------------------------------------- the real feature cache
+
+
+@pytest.fixture
+def mosaic_folder(tmp_path):
+    from napari_glimpse.cli import main
+
+    data = tmp_path / "slides"
+    assert main(["make-mosaic", "--out", str(data), "--count", "4", "--grid", "4", "5", "--seed", "2",
+                 "--max-patches-per-class", "20", "--lattice-offset"]) == 0
+    return data
+
+
+def test_training_after_features_reads_no_pixels(mosaic_folder, tmp_path, monkeypatch, capsys):
+    from napari_glimpse.cli import main
+    from napari_glimpse.slides import Slide
+
+    cache = tmp_path / "cache"
+    slides = [str(p) for p in sorted(mosaic_folder.glob("mosaic_???.tif"))]
+    assert main(["features", "--encoder", "small", *slides, "--out", str(cache)]) == 0
+    assert main(["features", "--encoder", "small", slides[0], "--out", str(cache)]) == 0
+    assert "cached" in capsys.readouterr().out.strip().splitlines()[-1]
+
+    def no_pixels(*args, **kwargs):
+        raise AssertionError("training read slide pixels")
+
+    monkeypatch.setattr(Slide, "read_region", no_pixels)
+    ckpt = tmp_path / "ag.safetensors"
+    assert main(["train", "attention-grid", "--data", str(mosaic_folder), "--val", str(mosaic_folder),
+                 "--encoder", "small", "--feature-cache", str(cache), "--epochs", "2", "--channels", "2",
+                 "--accumulate", "1", "--out", str(ckpt)]) == 0
+    assert ckpt.is_file()
+
+
+@pytest.mark.gui
+def test_the_training_panel_shows_feature_extraction_as_its_own_stage(make_napari_viewer, qtbot, mosaic_folder,
+                                                                      tmp_path, monkeypatch):
+    from napari_glimpse._napari.widgets import TrainingWidget
+
+    monkeypatch.setenv("NAPARI_GLIMPSE_CONFIG", str(tmp_path / "config"))
+    viewer = make_napari_viewer()
+    panel = TrainingWidget(viewer)
+    panel.method.value = "attention-grid"
+    panel.data[0].value, panel.data[1].value = mosaic_folder, mosaic_folder
+    panel.output.value = tmp_path / "panel.safetensors"
+    panel.method_options.set_values({"encoder": "small", "epochs": 1, "channels": 2, "accumulate": 1,
+                                     "feature_cache": str(tmp_path / "cache")})
+    stages = []
+    worker = panel.start()
+    assert worker is not None
+    worker.yielded.connect(lambda ev: stages.append(panel.stage.value))
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=60_000)
+    assert panel.status.value.startswith("saved"), panel.status.value
+    assert "feature extraction" in stages and "training" in stages
+    assert stages.index("feature extraction") < stages.index("training")
