@@ -18,5 +18,5 @@ SPEC = MethodSpec(
     train="napari_glimpse.methods.attention_grid.training:train",
     evaluate="napari_glimpse.methods.attention_grid.api:evaluate",
     data="slides",
-    weights={},
+    weights={"pcam": "attention_grid_pcam.safetensors"},
 )
