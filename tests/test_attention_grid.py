@@ -196,11 +196,11 @@ def test_training_learns_planted_cells_and_attends_to_them(fake_grids, tmp_path,
                            config=cfg, device="cpu"))
     best = read_header(out)
     assert best["best"]["score"] == max(h["val_auc"] for h in best["history"])
-    assert best["config"]["threshold"] == best["metrics"]["threshold"]  # the best epoch's own threshold
+    assert best["config"]["slide_threshold"] == best["metrics"]["threshold"]  # the best epoch's own threshold
     # held out: the fully trained model (the best epoch is the first perfect one on 10 validation slides)
     model, stored = api.load(str(last_path(out)), torch.device("cpu"))
     assert (stored.head, stored.variant, stored.task, stored.feature_dim) == (head, variant, "classification", K)
-    assert 0.0 <= stored.threshold <= 1.0
+    assert 0.0 <= stored.slide_threshold <= 1.0
     truth, scores, hits = _held_out(model, stored, 40, seed=99)
     auc = roc_auc(truth, scores)
     with capsys.disabled():
@@ -363,25 +363,26 @@ def test_panels_offer_the_task_and_the_encoder_from_the_registry(make_napari_vie
     assert [d.label for d in panel.data] == ["training", "validation"]
     options = set(panel.method_options.values())
     assert {"task", "encoder", "labels", "epochs", "accumulate"} <= options
-    assert not options & {"threshold", "target_mean", "target_std", "feature_dim"}  # set by training
+    assert not options & {"slide_threshold", "threshold_rule", "target_mean", "target_std", "feature_dim"}  # set by training
     assert set(panel.method_options.task.choices) == {"classification", "regression"}
     assert "resnet34" in panel.method_options.encoder.choices
     run = InferenceWidget(viewer)
     viewer.window.add_dock_widget(run)
     run.method.value = "attention-grid"
-    assert {"threshold", "evidence"} <= set(run.params.values())
+    assert {"slide_threshold", "evidence"} <= set(run.params.values())
 
 
 def test_a_missing_labels_file_is_named_and_youden_picks_the_separating_threshold(tmp_path):
+    from napari_glimpse.calls import choose_threshold
     from napari_glimpse.errors import DatasetError
-    from napari_glimpse.evaluate import spearman, youden_threshold
+    from napari_glimpse.evaluate import spearman
     from napari_glimpse.methods.attention_grid.training import labelled_slides
 
     slide_folder(tmp_path, 4, np.random.default_rng(0))
     with pytest.raises(DatasetError, match="fraction.csv"):
         labelled_slides(tmp_path, AttentionGridConfig(task="regression", labels="fraction.csv"))
     assert [i.label for i in labelled_slides(tmp_path, AttentionGridConfig())] == [0, 1, 0, 1]
-    assert youden_threshold([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.9]) == 0.6
+    assert choose_threshold([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.9]) == pytest.approx(0.45)  # midway
     assert spearman([1, 2, 3, 4], [10, 20, 30, 25]) == pytest.approx(0.8)
 
 

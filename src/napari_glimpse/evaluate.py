@@ -21,7 +21,6 @@ __all__ = [
     "stratified_resamples",
     "bootstrap_auc_interval",
     "sensitivity_specificity",
-    "youden_threshold",
     "spearman",
     "confusion",
     "iou_per_class",
@@ -89,20 +88,6 @@ def sensitivity_specificity(labels, scores, threshold: float = 0.5) -> tuple[flo
     sens = tp / (tp + fn) if tp + fn else float("nan")
     spec = tn / (tn + fp) if tn + fp else float("nan")
     return float(sens), float(spec)
-
-
-def youden_threshold(labels, scores) -> float:
-    """The score threshold (call ``score >= t``) with the highest sensitivity + specificity;
-    0.5 when only one class is present. Ties go to the highest such threshold."""
-    from sklearn.metrics import roc_curve
-
-    labels = np.asarray(labels).astype(bool).ravel()
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    if labels.all() or not labels.any():
-        return 0.5
-    fpr, tpr, thresholds = roc_curve(labels, scores)
-    best = int(np.argmax(tpr - fpr))
-    return float(min(thresholds[best], scores.max()))
 
 
 def spearman(a, b) -> float:

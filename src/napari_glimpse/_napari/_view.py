@@ -427,7 +427,9 @@ class _ModelJob:
         r = run.result
         s = r.summary or {}
         entry.update({"slide_score": r.slide_score, "seconds": s.get("seconds"),
-                      "patches_read": s.get("patches_read"), "pixels_read": s.get("pixels_read")})
+                      "patches_read": s.get("patches_read"), "pixels_read": s.get("pixels_read"),
+                      "slide_call": s.get("slide_call"), "threshold": s.get("threshold"),
+                      "slide_aggregation": s.get("slide_aggregation")})
         mpp = _slide_layer_mpp(self.viewer)
         added = replace_layers(self.viewer, result_to_layers(r, mpp=mpp),
                                f"{run.method}:{r.slide_path}", method=run.method)
@@ -500,6 +502,10 @@ def _write_summary(out: Path, summary: dict[str, Any]) -> None:
             lines.append(f"  FAILED: {m['error']}")
             continue
         score = m.get("slide_score")
+        call = m.get("slide_call")
+        if call is not None:
+            lines.append(f"  call: {'tumour' if call else 'no tumour'} (threshold {m.get('threshold'):.4g}, "
+                         f"aggregation {m.get('slide_aggregation') or 'the model'})")
         lines.append(f"  slide_score {score if score is None else round(float(score), 4)}, "
                      f"seconds {m.get('seconds') and round(float(m['seconds']), 2)}, "
                      f"patches_read {m.get('patches_read')}, pixels_read {m.get('pixels_read')}")

@@ -49,6 +49,29 @@ def add_parsers(subparsers) -> None:
             p.add_argument("--threads", type=int, help="torch CPU threads")
             names = add_config_flags(p, spec.infer_config_cls)
             p.set_defaults(func=evaluate_cmd, config_flags=names)
+    calibrate = subparsers.add_parser(
+        "calibrate", help="choose a model's slide aggregation and call threshold on validation slides "
+                          "and write them into a copy of its checkpoint (JSON report on stdout)")
+    cal_methods = calibrate.add_subparsers(dest="method", metavar="METHOD")
+    for name in list_methods():
+        spec = get_method(name)
+        p = cal_methods.add_parser(name, help=spec.title, description=spec.title)
+        p.add_argument("--data", required=True, help="validation slides with labels.csv (slide,label 0/1)")
+        p.add_argument("--checkpoint", help="checkpoint file"
+                       + (f" or a shipped one: {', '.join(spec.weights)} (default {next(iter(spec.weights))})"
+                          if spec.weights else ""))
+        p.add_argument("--out", help="calibrated checkpoint to write (may be the input; default: report only)")
+        p.add_argument("--rule", default="youden",
+                       help="threshold rule: youden (max sensitivity + specificity) or sensitivity:S")
+        p.add_argument("--aggregations", nargs="+", default=None, metavar="A",
+                       help="candidates (default all: max top_k largest_region learned); give one to impose it")
+        p.add_argument("--k", type=int, default=None, help="top_k and learned: the k largest scores (default: "
+                                                          "the checkpoint's aggregation_k)")
+        p.add_argument("--labels", default="labels.csv", help="labels file in --data")
+        p.add_argument("--limit", type=int, default=0, help="the first N slides only")
+        p.add_argument("--device", default="auto")
+        p.add_argument("--threads", type=int, help="torch CPU threads")
+        p.set_defaults(func=calibrate_cmd)
 
 
 def training_config(spec, flags: dict, *, init=None, resume_from=None):
@@ -120,4 +143,27 @@ def evaluate_cmd(args) -> int:
         raise GlimpseError(str(exc)) from None
     metrics = drive(spec.get("evaluate")(args.data, model, config, limit=args.limit), quiet=True)
     print(json.dumps(metrics))
+    return 0
+
+
+def calibrate_cmd(args) -> int:
+    import torch
+
+    from ..calls import AGGREGATIONS
+    from ..errors import GlimpseError
+    from ..methods import get_method, load_model
+    from ..runtime.calibrate import calibrate
+    from ._progress import drive
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = get_method(args.method)
+    model = load_model(spec, args.checkpoint, args.device)
+    try:
+        report = drive(calibrate(spec, model, args.data, args.out, rule=args.rule, k=args.k,
+                                 candidates=tuple(args.aggregations or AGGREGATIONS), labels=args.labels,
+                                 limit=args.limit), desc=f"calibrate {spec.name}")
+    except ValueError as exc:
+        raise GlimpseError(f"{args.data}: {exc}") from None
+    print(json.dumps(report))
     return 0

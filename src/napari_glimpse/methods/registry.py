@@ -94,6 +94,10 @@ class MethodSpec:
     napari_hook
         Optional ``hook(viewer)`` the widgets call after adding this method's layers
         (e.g. click a glimpse box to select its subtree); idempotent.
+    score_source
+        Optional ``source(result, config) -> calls.ScoreSource | None``: the window / leaf
+        scores a slide score is aggregated from (:mod:`napari_glimpse.calls`); methods whose
+        model gives the slide score itself have none.
     """
 
     name: str
@@ -107,6 +111,7 @@ class MethodSpec:
     data: str = "patches"
     weights: Mapping[str, str] = field(default_factory=dict)
     napari_hook: Ref | None = None
+    score_source: Ref | None = None
 
     def __post_init__(self):
         if not self.name or not self.name.replace("-", "_").isidentifier():

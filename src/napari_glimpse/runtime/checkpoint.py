@@ -270,10 +270,12 @@ def load_checkpoint(path: str | os.PathLike, expected_method: str | None = None)
 
 
 def edit_config(src: str | os.PathLike, out: str | os.PathLike, changes: dict, why: str,
-                expected_method: str | None = None) -> str:
+                expected_method: str | None = None, config_cls: type | None = None) -> str:
     """Copy checkpoint ``src`` to ``out`` (atomically; ``out`` may be ``src``) with ``changes``
     applied to its config and weights untouched, each change recorded in the header's ``edits``
     (date, field, from, to, why), e.g. settings chosen on validation data after training.
+    With ``config_cls``, fields that class declares may be added (a checkpoint older than
+    the field; recorded with ``from`` None) and its ``renamed_fields`` are applied first.
 
     Raises
     ------
@@ -281,16 +283,21 @@ def edit_config(src: str | os.PathLike, out: str | os.PathLike, changes: dict, w
         As :func:`load_checkpoint`, or when a changed field is not in the stored config.
     """
     ckpt = load_checkpoint(src, expected_method)
-    unknown = sorted(set(changes) - set(ckpt.config))
+    stored = dict(ckpt.config)
+    known = set(stored)
+    if config_cls is not None:
+        stored = _renamed(config_cls, stored)
+        known = set(stored) | {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(changes) - known)
     if unknown:
         raise CheckpointError(f"config fields {unknown} are not in this {ckpt.method} checkpoint", src)
     header = {k: v for k, v in ckpt.header.items()
               if k not in ("format", "method", "config", "package_version", "optimizer")}
     today = datetime.date.today().isoformat()
     header["edits"] = list(header.get("edits", [])) + [
-        {"date": today, "field": f"config.{k}", "from": ckpt.config[k], "to": v, "why": why}
+        {"date": today, "field": f"config.{k}", "from": stored.get(k), "to": v, "why": why}
         for k, v in changes.items()]
-    return save_checkpoint(out, method=ckpt.method, config={**ckpt.config, **changes},
+    return save_checkpoint(out, method=ckpt.method, config={**stored, **changes},
                            model_state=ckpt.model_state, header=header,
                            optimizer_state=ckpt.optimizer_state, rng_state=ckpt.rng_state)
 
@@ -322,6 +329,13 @@ def load_state_checked(model: torch.nn.Module, checkpoint: Checkpoint) -> None:
     model.load_state_dict(checkpoint.model_state)
 
 
+def _renamed(config_cls: type, config: dict) -> dict:
+    """A stored config with the class's ``renamed_fields`` ({old: new}) applied (checkpoints
+    written before a field was renamed keep loading)."""
+    renames = getattr(config_cls, "renamed_fields", {})
+    return {renames.get(k, k): v for k, v in config.items()}
+
+
 def config_from_checkpoint(config_cls: type, checkpoint: Checkpoint):
     """Rebuild the config dataclass stored in a checkpoint.
 
@@ -331,7 +345,8 @@ def config_from_checkpoint(config_cls: type, checkpoint: Checkpoint):
         Fields unknown to ``config_cls`` or values its ``__post_init__`` rejects.
     """
     known = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(checkpoint.config) - known)
+    stored = _renamed(config_cls, checkpoint.config)
+    unknown = sorted(set(stored) - known)
     if unknown:
         raise CheckpointError(
             f"checkpoint config fields {unknown} are unknown to {config_cls.__name__} "
@@ -339,7 +354,7 @@ def config_from_checkpoint(config_cls: type, checkpoint: Checkpoint):
             checkpoint.path,
         )
     try:
-        return config_cls(**checkpoint.config)
+        return config_cls(**stored)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"invalid {config_cls.__name__} in checkpoint: {exc}", checkpoint.path) from exc
 

@@ -53,7 +53,8 @@ def run_inference(spec, slide, model, config=None, region: Sequence[float] | Non
     region
         Level-0 (x0, y0, x1, y1), or None for the whole slide.
 
-    The summary gets ``method``, ``seconds`` (the whole run, the slide's opening included),
+    The slide score is re-aggregated and called by :func:`napari_glimpse.calls.apply_call`
+    (``slide_call``, ``threshold``, ``threshold_rule``). The summary gets ``method``, ``seconds`` (the whole run, the slide's opening included),
     ``device`` and ``checkpoint``; the method must have set ``slide_score``,
     ``patches_read``, ``pixels_read`` and ``evidence``.
     """
@@ -73,10 +74,13 @@ def run_inference(spec, slide, model, config=None, region: Sequence[float] | Non
             result = yield from spec.get("infer")(opened, model, config, region)
     else:
         result = yield from spec.get("infer")(slide, model, config, region)
+    from ..calls import apply_call
+
     summary = result.summary
     missing = [k for k in ("slide_score", "patches_read", "pixels_read", "evidence") if k not in summary]
     if missing:
         raise RuntimeError(f"method {spec.name!r}: its infer() left {', '.join(missing)} out of the summary")
+    apply_call(spec, result, config)
     summary.update(method=spec.name, seconds=time.perf_counter() - t0, device=model.device,
                    checkpoint=model.checkpoint)
     summary["evidence"] = [list(map(float, p)) for p in summary["evidence"]][:MAX_EVIDENCE]

@@ -12,6 +12,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
 
 from ... import coords
+from ...calls import call_text
 from ...layers import META_SLIDE, META_SLIDE_OBJECT, result_to_layers, shapes_to_level0
 from . import _methods
 from ._common import (
@@ -226,8 +227,7 @@ class InferenceWidget(WorkerControls, Container):
             if checkpoint is not None:  # a file that worked is worth offering next time
                 self.recent.add(checkpoint, spec.name)
             s = result.summary or {}
-            score = "" if result.slide_score is None else f"score {result.slide_score:.3f}, "
-            self.status.value = f"done: {score}{s.get('seconds', 0):.1f} s"
+            self.status.value = f"done: {call_text(s)}{s.get('seconds', 0):.1f} s"
 
         self._set_running(True, f"{spec.name} on {layer.name}")
         self.worker = start_generator(make, on_progress=self._on_progress, on_result=on_result,

@@ -85,8 +85,7 @@ def result_from_grid(grid, model, config: AttentionGridInferConfig, slide_path: 
     classification = cfg.task == "classification"
     summary = {
         "slide_score": score,
-        "slide_call": int(score >= config.threshold) if classification else None,
-        "threshold": float(config.threshold) if classification else None,
+        **({} if classification else {"slide_call": None, "threshold": None}),  # the runtime calls the slide
         "task": cfg.task, "head": cfg.head, "variant": cfg.variant, "encoder": cfg.encoder,
         "grid": [int(m), int(n)], "evidence_by": by, "evidence": evidence,
         "patches_read": int(grid.meta.get("patches_read", int(np.count_nonzero(grid.tissue)))),
@@ -113,7 +112,8 @@ def evaluate(data_dir, model, config: AttentionGridInferConfig, *, limit: int = 
     """Slide metrics on a folder with the checkpoint's labels file: classification -> ``auc``,
     ``auc_interval`` (stratified bootstrap 95 %), ``n``, ``seconds_per_slide``; regression ->
     ``spearman``, ``n``, ``seconds_per_slide``; both with the scores and labels."""
-    from ...evaluate import bootstrap_auc_interval, roc_auc, spearman, youden_threshold
+    from ...calls import choose_threshold
+    from ...evaluate import bootstrap_auc_interval, roc_auc, spearman
     from ...slides import open_slide
     from .training import labelled_slides
 
@@ -141,7 +141,8 @@ def evaluate(data_dir, model, config: AttentionGridInferConfig, *, limit: int = 
     if model.config.task == "regression":
         return {"spearman": spearman(labels, scores), **out}
     lo, hi = bootstrap_auc_interval(labels, scores)
-    preds = np.asarray(scores) >= config.threshold
+    preds = np.asarray(scores) >= config.slide_threshold
     return {"auc": roc_auc(labels, scores), "auc_interval": [lo, hi],
             "accuracy": float(np.mean(preds == np.asarray(labels, bool))) if labels else float("nan"),
-            "threshold": float(config.threshold), "youden_threshold": youden_threshold(labels, scores), **out}
+            "threshold": float(config.slide_threshold), "threshold_rule": config.threshold_rule,
+            "youden_threshold": choose_threshold(labels, scores, "youden") if len(set(labels)) > 1 else None, **out}

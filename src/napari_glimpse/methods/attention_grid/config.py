@@ -5,8 +5,10 @@ slide run). No torch here: the CLI and the forms read them without loading a mod
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from ...config import check, param, same_as
+from ...calls import SlideCallInfer, SlideCallParams
+from ...config import check, param
 
 __all__ = ["AttentionGridConfig", "AttentionGridInferConfig", "ENCODERS"]
 
@@ -15,12 +17,15 @@ ENCODERS = ("pcam", "small", "resnet18", "resnet34")
 
 
 @dataclass
-class AttentionGridConfig:
+class AttentionGridConfig(SlideCallParams):
     """Everything that defines a grid-attention model, its features and its training.
 
     Defaults are the paper's where it gives them (H = 64, 35 epochs, batch 64 as gradient
     accumulation over slides, Adam 1e-4); the features default to the project's encoder.
     """
+
+    #: checkpoints written before the shared slide call stored its threshold as ``threshold``
+    renamed_fields: ClassVar[dict] = {"threshold": "slide_threshold"}
 
     # --- task and features -------------------------------------------------------------
     task: str = param("classification", "slide classification (cross entropy) or regression of a number (MSE)",
@@ -52,8 +57,6 @@ class AttentionGridConfig:
                             min=1, max=4096)
     augment: bool = param(True, "random flips, 90-degree turns and shifts of 0-2 cells of the grid")
     # --- set by training, handed to inference -------------------------------------------
-    threshold: float = param(0.5, "slide call threshold (chosen on validation: max sensitivity + specificity)",
-                             min=0.0, max=1.0, group="inference")
     feature_dim: int = param(0, "K, features per grid cell (set by training from the grids)", min=0, max=65536,
                              group="inference")
     target_mean: float = param(0.0, "regression: mean of the training targets (set by training)", group="inference")
@@ -69,10 +72,9 @@ class AttentionGridConfig:
 
 
 @dataclass
-class AttentionGridInferConfig:
+class AttentionGridInferConfig(SlideCallInfer):
     """The parameters of a grid-attention slide run (the "Run model" form and ``infer`` flags)."""
 
-    threshold: float = same_as(AttentionGridConfig, "threshold", advanced=False)
     evidence: str = param("attention", "evidence points: the top tissue cells of the mean max attention or of the Grad-CAM "
                           "map", choices=("attention", "gradcam"))
     feature_cache: str = param("", "feature cache folder (empty: the default; 'none': no cache)", advanced=True)

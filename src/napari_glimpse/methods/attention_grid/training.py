@@ -19,8 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...calls import choose_threshold
 from ...errors import DatasetError
-from ...evaluate import roc_auc, spearman, youden_threshold
+from ...evaluate import roc_auc, spearman
 from ...runtime.data import find_slides
 from ...runtime.events import Progress
 from ...runtime.fit import Trainer, fit
@@ -77,7 +78,7 @@ class AttentionGridTrainer(Trainer):
 
     Reads ``task, labels, encoder, patch_px, mpp, tissue_min, feature_cache, epochs, lr,
     weight_decay, accumulate, augment`` and the network fields; sets ``feature_dim``,
-    ``target_mean`` / ``target_std`` (regression) and ``threshold`` (classification, per
+    ``target_mean`` / ``target_std`` (regression) and ``slide_threshold`` (classification, by ``threshold_rule``, per
     validation) on the config the checkpoints store.
     """
 
@@ -160,8 +161,9 @@ class AttentionGridTrainer(Trainer):
             rho = spearman(labels, scores)
             return {"score": rho, "val_spearman": rho, "val_loss": float(np.mean(losses))}
         auc = roc_auc(labels, scores)
-        cfg.threshold = youden_threshold(labels, scores)
-        return {"score": auc, "val_auc": auc, "val_loss": float(np.mean(losses)), "threshold": cfg.threshold}
+        if len(set(labels)) > 1:
+            cfg.slide_threshold = choose_threshold(labels, scores, cfg.threshold_rule)
+        return {"score": auc, "val_auc": auc, "val_loss": float(np.mean(losses)), "threshold": cfg.slide_threshold}
 
 
 def train(

@@ -18,4 +18,5 @@ SPEC = MethodSpec(
     evaluate="napari_glimpse.methods.celnet.api:evaluate",
     data="patches",
     weights={"pcam": "celnet_pcam.safetensors"},
+    score_source="napari_glimpse.methods.celnet.api:score_source",
 )

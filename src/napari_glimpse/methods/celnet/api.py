@@ -6,7 +6,7 @@ from collections.abc import Generator
 
 from .config import CELNetInferConfig
 
-__all__ = ["load", "infer", "evaluate"]
+__all__ = ["load", "infer", "evaluate", "score_source"]
 
 
 def load(path: str, device):
@@ -44,3 +44,11 @@ def evaluate(data_dir, model, config: CELNetInferConfig, *, limit: int = 0) -> G
     metrics = yield from evaluate_patches(model.model, data_dir, device=model.device, batch_size=128,
                                           limit=limit or None, threshold=config.threshold, tta=config.tta)
     return {**metrics, "checkpoint": model.checkpoint}
+
+
+def score_source(result, config):
+    """The windows a slide score is aggregated from: the tumour probability map over tissue
+    (:mod:`napari_glimpse.calls`); ``config.threshold`` is the patch threshold."""
+    from ...calls import source_from_map
+
+    return source_from_map(result, "tumour probability", config.threshold)

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...calls import AggregationInfer, AggregationParams, SlideCallInfer, SlideCallParams
 from ...config import check, param, same_as
 
 __all__ = ["CELNetConfig", "CELNetInferConfig"]
 
 
 @dataclass
-class CELNetConfig:
+class CELNetConfig(SlideCallParams, AggregationParams):
     """Everything that defines a CELNet model, its training and its slide inference.
 
     Defaults are the paper's (PCam, 10x); every field is validated in ``__post_init__``.
@@ -62,7 +63,8 @@ class CELNetConfig:
     patch_size: int = param(96, "input patch size in pixels (multiple of 4 x stem_stride)", min=16, max=1024, advanced=True)
     mpp: float = param(0.972, "working resolution in um/px (PCam is 10x, 0.972 um/px)", min=0.05, max=20.0, advanced=True)
     # --- slide inference / CELM (used by the inference code) ------------------------------
-    threshold: float = param(0.5, "tumour probability threshold", min=0.0, max=1.0, group="inference", advanced=True)
+    threshold: float = param(0.5, "patch (window) tumour probability threshold: CELM, peaks, largest_region",
+                             min=0.0, max=1.0, group="inference", advanced=True)
     celm_a: float = param(0.5, "CELM: weight of CAM3 against CAM2 (a)", min=0.0, max=1.0, group="inference", advanced=True)
     celm_b: float = param(0.5, "CELM: weight of CAM x saliency against CAM (b)", min=0.0, max=1.0, group="inference", advanced=True)
     evidence_threshold: float = param(0.5, "CELM threshold for the evidence mask", min=0.0, max=1.0, group="inference", advanced=True)
@@ -95,7 +97,7 @@ class CELNetConfig:
 
 
 @dataclass
-class CELNetInferConfig:
+class CELNetInferConfig(SlideCallInfer, AggregationInfer):
     """The parameters of a CELNet slide run (the "Run model" form and ``infer celnet`` flags).
 
     Fields named like a :class:`CELNetConfig` field (threshold, CELM a / b, ...) default to the

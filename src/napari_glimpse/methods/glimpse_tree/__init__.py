@@ -21,6 +21,7 @@ SPEC = MethodSpec(
     evaluate="napari_glimpse.methods.glimpse_tree.api:evaluate",
     data="slides",
     weights={"supervised": "glimpse_tree_supervised.safetensors", "mil": "glimpse_tree_mil.safetensors"},
+    score_source="napari_glimpse.methods.glimpse_tree.api:score_source",
     # click a glimpse box -> select its subtree, show only its Q maps
     napari_hook="napari_glimpse._napari.glimpse_select:attach_glimpse_select",
 )

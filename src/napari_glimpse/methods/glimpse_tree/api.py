@@ -12,7 +12,7 @@ from ...runtime.events import Progress
 from ...runtime.run import top_evidence
 from .config import GlimpseTreeConfig, GlimpseTreeInferConfig, branching_for_leaves
 
-__all__ = ["load", "infer", "infer_slide", "evaluate", "leaves_branching"]
+__all__ = ["load", "infer", "infer_slide", "evaluate", "leaves_branching", "score_source"]
 
 METHOD = "glimpse-tree"
 
@@ -144,6 +144,7 @@ def evaluate(data_dir, model, config: GlimpseTreeInferConfig, *, limit: int = 0)
 
     from ...evaluate import roc_auc
     from ...runtime.events import run_to_end
+    from ...runtime.run import run_inference
     from .data import find_slides
 
     items = [i for i in find_slides(data_dir, need="labels") if i.label is not None]
@@ -157,7 +158,7 @@ def evaluate(data_dir, model, config: GlimpseTreeInferConfig, *, limit: int = 0)
         from ...slides import open_slide
 
         with open_slide(item.path) as slide:
-            res = run_to_end(infer(slide, model, quiet, None))
+            res = run_to_end(run_inference(METHOD, slide, model, quiet))
         scores.append(res.slide_score)
         labels.append(item.label)
         seconds.append(time.perf_counter() - t0)
@@ -168,3 +169,23 @@ def evaluate(data_dir, model, config: GlimpseTreeInferConfig, *, limit: int = 0)
             "patches_per_slide": float(np.mean(patches)) if patches else float("nan"),
             "mode": res.summary["mode"] if res else None, "leaves": res.summary["leaves"] if res else None,
             "checkpoint": model.checkpoint, "scores": [float(s) for s in scores], "labels": labels}
+
+
+def score_source(result, config):
+    """The scores a slide score is aggregated from (:mod:`napari_glimpse.calls`): the leaf
+    classifications of the tree, or every tile of the 'All' baseline; no grid (leaves lie
+    where the policies put them), so ``largest_region`` counts leaves at or above 0.5."""
+    from ...calls import ScoreSource
+
+    s = result.summary
+    if s.get("mode") == "all":
+        tiles = [np.asarray(m.data, np.float64) for m in result.maps if m.name == "All: leaf-tile probability"]
+        values = np.concatenate([t[np.isfinite(t)] for t in tiles]) if tiles else np.zeros(0)
+        cell = float(result.maps[0].cell_size) if tiles else 0.0
+    else:
+        leaves = [n for n in s.get("tree", []) if n["level"] == max(m["level"] for m in s["tree"])
+                  and n["score"] is not None]
+        values = np.array([n["score"] for n in leaves], np.float64)
+        cell = float(leaves[0]["box"][2] - leaves[0]["box"][0]) if leaves else 0.0
+    um = float(np.mean(result.mpp)) if result.mpp is not None else 1.0
+    return ScoreSource(values, None, (cell * um / 1000.0) ** 2, 0.5)

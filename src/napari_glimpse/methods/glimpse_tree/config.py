@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ...calls import AggregationInfer, AggregationParams, SlideCallInfer, SlideCallParams
 from ...config import check, param, same_as
 
 __all__ = ["GlimpseTreeConfig", "GlimpseTreeInferConfig", "branching_for_leaves", "BACKBONES", "POLICY_TARGETS"]
@@ -32,7 +33,7 @@ def branching_for_leaves(leaves: int, levels: int) -> tuple[int, ...]:
 
 
 @dataclass
-class GlimpseTreeConfig:
+class GlimpseTreeConfig(SlideCallParams, AggregationParams):
     """A hierarchical glimpse tree: classifier C, policies P_l, sampling, training.
 
     Defaults are the paper's (Table 1: L = 2, 304 px glimpses, x4 per level, N_G = 8 leaves
@@ -151,7 +152,7 @@ class GlimpseTreeConfig:
 
 
 @dataclass
-class GlimpseTreeInferConfig:
+class GlimpseTreeInferConfig(SlideCallInfer, AggregationInfer):
     """The parameters of a glimpse-tree slide run (the "Run model" form and ``infer glimpse-tree``
     flags). Fields named like a :class:`GlimpseTreeConfig` inference field default to the
     checkpoint's value (its branching was chosen on validation mosaics)."""

@@ -19,4 +19,5 @@ SPEC = MethodSpec(
     evaluate="napari_glimpse.methods.patch_classifier.api:evaluate",
     data="patches",
     weights={"pcam": "encoder_pcam.safetensors"},
+    score_source="napari_glimpse.methods.patch_classifier.api:score_source",
 )

@@ -6,7 +6,7 @@ from collections.abc import Generator
 
 from .config import PatchClassifierInferConfig
 
-__all__ = ["load", "infer", "evaluate"]
+__all__ = ["load", "infer", "evaluate", "score_source"]
 
 
 def load(path: str, device):
@@ -39,7 +39,7 @@ def infer(slide, model, config: PatchClassifierInferConfig, region) -> Generator
     points = [SlidePoints("most probable cells", xy[:keep], {"score": scores[:keep]}, size_px=grid.cell_size / 3,
                           face_color="cyan")]
     summary = {
-        "slide_score": score, "slide_call": int(score >= config.threshold), "threshold": config.threshold,
+        "slide_score": score,
         "patches_read": grid.meta["patches_read"], "pixels_read": grid.meta["pixels_read"],
         "grid": list(grid.shape), "tissue_cells": int(grid.tissue.sum()), "cell_size": grid.cell_size,
         "evidence": top_evidence(xy, scores),
@@ -56,3 +56,11 @@ def evaluate(data_dir, model, config: PatchClassifierInferConfig, *, limit: int 
     metrics = yield from evaluate_patches(model.model, data_dir, device=model.device, batch_size=256,
                                           limit=limit or None, threshold=config.threshold)
     return {**metrics, "checkpoint": model.checkpoint}
+
+
+def score_source(result, config):
+    """The windows a slide score is aggregated from: the tumour probability map over tissue
+    (:mod:`napari_glimpse.calls`); ``config.threshold`` is the patch threshold."""
+    from ...calls import source_from_map
+
+    return source_from_map(result, "tumour probability", config.threshold)

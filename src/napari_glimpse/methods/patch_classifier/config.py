@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...calls import AggregationInfer, AggregationParams, SlideCallInfer, SlideCallParams
 from ...config import check, param, same_as
 
 __all__ = ["PatchClassifierConfig", "PatchClassifierInferConfig"]
 
 
 @dataclass
-class PatchClassifierConfig:
+class PatchClassifierConfig(SlideCallParams, AggregationParams):
     """An encoder trunk, its head and its training on patches (0/ normal, 1/ tumour)."""
 
     arch: str = param("small", "encoder trunk", choices=("small", "resnet18", "resnet34"))
@@ -24,7 +25,8 @@ class PatchClassifierConfig:
     epochs: int = param(30, "training epochs", min=1, max=10000)
     augment: bool = param(True, "random 90-degree rotations and flips during training")
     color_jitter: float = param(0.1, "strength of random stain / colour jitter (0 = off)", min=0.0, max=1.0)
-    threshold: float = param(0.5, "tumour probability threshold", min=0.0, max=1.0, group="inference", advanced=True)
+    threshold: float = param(0.5, "patch tumour probability threshold (evidence cells, largest_region)", min=0.0,
+                             max=1.0, group="inference", advanced=True)
     epoch_size: int = param(0, "patches drawn per epoch (0 = all)", min=0, max=10**9, advanced=True)
     val_limit: int = param(0, "validate on a class-stratified subset of this many patches (0 = all)",
                            min=0, max=10**9, advanced=True)
@@ -35,13 +37,13 @@ class PatchClassifierConfig:
 
 
 @dataclass
-class PatchClassifierInferConfig:
+class PatchClassifierInferConfig(SlideCallInfer, AggregationInfer):
     """One slide run: the tumour probability of every grid cell over the tissue."""
 
     tissue_min: float = param(0.25, "cells with less tissue than this fraction are background (not read)",
                               min=0.0, max=1.0)
     batch_size: int = param(256, "patches per forward pass", min=1, max=8192, advanced=True)
-    threshold: float = same_as(PatchClassifierConfig, "threshold", advanced=False)
+    threshold: float = same_as(PatchClassifierConfig, "threshold")
 
     def __post_init__(self):
         check(self)

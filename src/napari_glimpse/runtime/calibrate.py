@@ -1,0 +1,136 @@
+"""``napari-glimpse calibrate``: choose a method's slide aggregation and call threshold on
+validation slides and write them into a copy of its checkpoint (:mod:`napari_glimpse.calls`).
+
+Every method is calibrated the same way: the method runs once per validation slide (the
+aggregation set to ``max`` so the raw window / leaf scores are kept), every candidate
+aggregation is scored on those runs, the best by slide AUC is kept (a candidate within
+``tie`` of the best that comes earlier in :data:`~napari_glimpse.calls.AGGREGATIONS` wins:
+simpler first), and the threshold is chosen for it by the rule. Methods without a score
+source (the model gives the slide score itself) only get the threshold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Generator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..calls import AGGREGATIONS, ScoreSource, choose_threshold, compare_aggregations
+from .events import Progress
+
+__all__ = ["collect", "select", "calibrate", "write_calibrated"]
+
+
+def collect(spec, model, data_dir: str | os.PathLike, *, labels: str = "labels.csv", limit: int = 0,
+            cache_dir: str | os.PathLike | None = None, overrides: dict | None = None) -> Generator:
+    """Run the method on every labelled slide of ``data_dir`` with the aggregation set to max.
+
+    Yields Progress; returns ``[(stem, label, score, ScoreSource | None)]``. With
+    ``cache_dir``, each slide's scores are kept as ``<stem>.npz`` there and reused (benchmarks
+    that re-run a comparison); the cache is the caller's to clear when the model changes.
+    """
+    from ..methods.registry import get_method, infer_config_for
+    from .data import find_slides
+    from .run import run_inference
+
+    spec = get_method(spec)
+    items = [i for i in find_slides(data_dir, need="labels", labels=labels) if i.label is not None]
+    if limit:
+        items = items[: int(limit)]
+    config = infer_config_for(spec, model, overrides)
+    names = {f.name for f in dataclasses.fields(config)}
+    if "slide_aggregation" in names:
+        config = dataclasses.replace(config, slide_aggregation="max")
+    out = []
+    for k, item in enumerate(items):
+        cached = Path(cache_dir) / f"{item.stem}.npz" if cache_dir else None
+        if cached is not None and cached.is_file():
+            with np.load(cached) as z:
+                source = None if not z["has_source"] else ScoreSource(
+                    z["values"], z["grid"] if z["has_grid"] else None, float(z["cell_mm2"]),
+                    float(z["patch_threshold"]))
+                score = float(z["score"])
+        else:
+            result = yield from run_inference(spec, item.path, model, config)
+            score = float(result.slide_score)
+            source = spec.get("score_source")(result, config) if spec.score_source else None
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_suffix(".tmp.npz")
+                np.savez(tmp, score=score, has_source=source is not None,
+                         values=source.values if source else np.zeros(0),
+                         has_grid=source is not None and source.grid is not None,
+                         grid=source.grid if source is not None and source.grid is not None else np.zeros(0),
+                         cell_mm2=source.cell_mm2 if source else 0.0,
+                         patch_threshold=source.patch_threshold if source else 0.5)
+                os.replace(tmp, cached)
+        out.append((item.stem, float(item.label), score, source))
+        yield Progress("calibrate", k + 1, len(items), f"validation slide {k + 1}/{len(items)}")
+    return out
+
+
+def select(runs, *, rule: str = "youden", k: int = 10, candidates: Sequence[str] = AGGREGATIONS,
+           tie: float = 0.005) -> dict:
+    """The aggregation and threshold for ``runs`` (:func:`collect`'s list).
+
+    Returns ``{"aggregation", "threshold", "rule", "table"}`` where the table has every
+    candidate's validation AUC, threshold and call figures (without per-slide scores);
+    ``aggregation`` is None for a method without a score source.
+    """
+    labels = np.array([r[1] for r in runs]).astype(int)
+    if len(np.unique(labels)) < 2:
+        raise ValueError("calibration needs validation slides of both classes (labels 0 and 1)")
+    if any(r[3] is None for r in runs):
+        scores = np.array([r[2] for r in runs])
+        return {"aggregation": None, "threshold": choose_threshold(labels, scores, rule), "rule": rule,
+                "table": {}, "aggregator": []}
+    table = compare_aggregations([r[3] for r in runs], labels, k=k, rule=rule, candidates=candidates)
+    best_auc = max(v["auc"] for v in table.values())
+    chosen = next(name for name in table if table[name]["auc"] >= best_auc - tie)
+    return {"aggregation": chosen, "threshold": table[chosen]["threshold"], "rule": rule,
+            "aggregator": table[chosen].get("aggregator", []),
+            "table": {name: {key: v for key, v in entry.items() if key != "scores"}
+                      for name, entry in table.items()}}
+
+
+def write_calibrated(spec, checkpoint: str, out: str | os.PathLike, choice: dict, *, data_dir, k: int) -> str:
+    """Copy ``checkpoint`` to ``out`` with the chosen aggregation, k, aggregator, threshold
+    and rule in its config (each change recorded in the header's ``edits``)."""
+    from ..methods.registry import get_method
+    from .checkpoint import edit_config
+
+    spec = get_method(spec)
+    changes = {"slide_threshold": float(choice["threshold"]), "threshold_rule": choice["rule"]}
+    if choice["aggregation"] is not None:
+        changes.update(slide_aggregation=choice["aggregation"], aggregation_k=int(k),
+                       aggregator=[float(v) for v in choice["aggregator"]])
+    auc = (choice["table"].get(choice["aggregation"]) or {}).get("auc")
+    why = (f"napari-glimpse calibrate on {Path(data_dir).name} ({choice.get('n', '?')} slides): "
+           f"aggregation {choice['aggregation']}" + (f" (validation AUC {auc:.3f})" if auc is not None else "")
+           + f", threshold by {choice['rule']}")
+    return edit_config(checkpoint, out, changes, why, expected_method=spec.name, config_cls=spec.train_config_cls)
+
+
+def calibrate(spec, model, data_dir, out: str | os.PathLike | None = None, *, rule: str = "youden",
+              k: int | None = None, candidates: Sequence[str] = AGGREGATIONS, labels: str = "labels.csv",
+              limit: int = 0, overrides: dict | None = None) -> Generator:
+    """Collect, select and (with ``out``) write: yields Progress, returns the report (JSON-able)."""
+    from ..calls import parse_rule
+
+    parse_rule(rule)
+    unknown = sorted(set(candidates) - set(AGGREGATIONS))
+    if unknown:
+        raise ValueError(f"unknown aggregation {', '.join(unknown)}; choose from {', '.join(AGGREGATIONS)}")
+    if k is None:
+        k = int(getattr(model.config, "aggregation_k", 10))
+    runs = yield from collect(spec, model, data_dir, labels=labels, limit=limit, overrides=overrides)
+    choice = select(runs, rule=rule, k=k, candidates=candidates)
+    choice["n"] = len(runs)
+    report = {"method": getattr(spec, "name", spec), "checkpoint": model.checkpoint, "data": str(data_dir),
+              "n": len(runs), "positives": int(sum(r[1] for r in runs)), **choice, "k": k}
+    if out is not None:
+        report["written"] = write_calibrated(spec, model.checkpoint, out, choice, data_dir=data_dir, k=k)
+    return report
