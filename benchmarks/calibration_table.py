@@ -41,6 +41,10 @@ def runs_of(name: str, folder: str, work: Path):
     t0 = time.perf_counter()
     runs = run_to_end(collect(method, model, folder, cache_dir=work / name.replace(":", "_") / Path(folder).name,
                               overrides=OVERRIDES.get(method)))
+    # cached maps keep their windows: measure them at the checkpoint's current patch threshold
+    for r in runs:
+        if r[3] is not None and r[3].grid is not None and hasattr(model.config, "threshold"):
+            r[3].patch_threshold = float(model.config.threshold)
     return method, model, runs, time.perf_counter() - t0
 
 

@@ -284,8 +284,13 @@ def _fit_canvas(viewer, size: tuple[int, int]) -> None:
 
 
 def _canvas_size(viewer) -> tuple[int, int]:
-    """(rows, cols) of the canvas: napari >= 0.9 keeps it on ``viewer.canvas``; older
-    versions only on the Qt canvas."""
+    """(rows, cols) of the canvas as Qt lays it out (the widget's own size: napari 0.9's
+    ``viewer.canvas.size`` can lag behind a wider dock and report room the canvas no longer
+    has); else napari's record of it."""
+    native = getattr(getattr(getattr(viewer.window, "_qt_viewer", None), "canvas", None), "native", None)
+    if native is not None and hasattr(native, "size"):
+        q = native.size()
+        return int(q.height()), int(q.width())
     canvas = getattr(viewer, "canvas", None)
     if canvas is not None and hasattr(canvas, "size"):
         return tuple(int(n) for n in canvas.size)

@@ -77,3 +77,30 @@ def collect(args, names: list[str]) -> dict[str, Any]:
         elif value is not None:
             out[name] = tuple(value) if isinstance(value, list) else value
     return out
+
+
+def load_for(args, *, with_config: bool = True):
+    """``(spec, loaded model, inference config or None)`` of a model command: sets
+    ``--threads``, loads ``--checkpoint`` on ``--device``, builds the config from the flags.
+
+    Raises
+    ------
+    GlimpseError
+        A flag value the config refuses (the message names the field).
+    """
+    from ..errors import GlimpseError
+    from ..methods import get_method, load_model
+    from ..methods.registry import infer_config_for
+
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    spec = get_method(args.method)
+    model = load_model(spec, args.checkpoint, args.device)
+    if not with_config:
+        return spec, model, None
+    try:
+        return spec, model, infer_config_for(spec, model, collect(args, args.config_flags))
+    except ValueError as exc:
+        raise GlimpseError(str(exc)) from None

@@ -35,24 +35,12 @@ def add_parsers(subparsers) -> None:
 
 
 def infer_cmd(args) -> int:
-    from ..errors import GlimpseError
-    from ..methods import get_method, load_model
-    from ..methods.registry import infer_config_for
     from ..runtime.results_io import save_result
     from ..runtime.run import run_inference
-    from ._method_flags import collect
+    from ._method_flags import load_for
     from ._progress import drive
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    spec = get_method(args.method)
-    model = load_model(spec, args.checkpoint, args.device)
-    try:
-        config = infer_config_for(spec, model, collect(args, args.config_flags))
-    except ValueError as exc:
-        raise GlimpseError(str(exc)) from None
+    spec, model, config = load_for(args)
     out = Path(args.out)
     for path in args.slides:
         result = drive(run_inference(spec, path, model, config, region=args.region),

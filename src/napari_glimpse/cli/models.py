@@ -125,40 +125,23 @@ def train_cmd(args) -> int:
 
 
 def evaluate_cmd(args) -> int:
-    import torch
-
-    from ..errors import GlimpseError
-    from ..methods import get_method, load_model
-    from ..methods.registry import infer_config_for
-    from ._method_flags import collect
+    from ._method_flags import load_for
     from ._progress import drive
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    spec = get_method(args.method)
-    model = load_model(spec, args.checkpoint, args.device)
-    try:
-        config = infer_config_for(spec, model, collect(args, args.config_flags))
-    except ValueError as exc:
-        raise GlimpseError(str(exc)) from None
+    spec, model, config = load_for(args)
     metrics = drive(spec.get("evaluate")(args.data, model, config, limit=args.limit), quiet=True)
     print(json.dumps(metrics))
     return 0
 
 
 def calibrate_cmd(args) -> int:
-    import torch
-
     from ..calls import AGGREGATIONS
     from ..errors import GlimpseError
-    from ..methods import get_method, load_model
     from ..runtime.calibrate import calibrate
+    from ._method_flags import load_for
     from ._progress import drive
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    spec = get_method(args.method)
-    model = load_model(spec, args.checkpoint, args.device)
+    spec, model, _ = load_for(args, with_config=False)
     try:
         report = drive(calibrate(spec, model, args.data, args.out, rule=args.rule, k=args.k,
                                  candidates=tuple(args.aggregations or AGGREGATIONS), labels=args.labels,

@@ -84,11 +84,18 @@ def _predict(model, data: PatchFolder, device, batch_size: int, stage: str, tta:
 
 
 def _metrics(labels: np.ndarray, probs: np.ndarray, loss: float, threshold: float = 0.5) -> dict:
+    """Accuracy at ``threshold``, AUC, loss, and the patch threshold of highest sensitivity +
+    specificity on these patches (what to store as the patch threshold when they are validation)."""
+    from ...calls import choose_threshold
+
+    both = len(np.unique(labels)) > 1
     return {
         "n": int(len(labels)),
         "accuracy": float(np.mean((probs >= threshold) == labels.astype(bool))),
+        "threshold": float(threshold),
         "auc": roc_auc(labels, probs),
         "loss": float(loss),
+        "youden_threshold": choose_threshold(labels, probs, "youden") if both else None,
     }
 
 

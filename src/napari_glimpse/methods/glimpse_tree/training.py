@@ -238,7 +238,13 @@ def _validate(model, val_items, config) -> Generator:
             scores[j, i] = res.slide_score
         yield Progress("validate", i + 1, len(val_items), f"validation slide {i + 1}/{len(val_items)}")
     labels = np.array([item.label for item in val_items])
-    return float(np.mean([roc_auc(labels, row) for row in scores]))
+    auc = float(np.mean([roc_auc(labels, row) for row in scores]))
+    if len(set(labels.tolist())) > 1:  # the call threshold over every seed's run (max aggregation)
+        from ...calls import choose_threshold
+
+        config.slide_threshold = choose_threshold(np.tile(labels, len(seeds)), scores.ravel(),
+                                                  config.threshold_rule)
+    return auc
 
 
 class GlimpseTreeTrainer(Trainer):
@@ -298,7 +304,7 @@ class GlimpseTreeTrainer(Trainer):
             return None
         self.model.eval()
         auc = yield from _validate(self.model, self.val_items, self.config)
-        return {"score": auc, "val_auc": auc}
+        return {"score": auc, "val_auc": auc, "threshold": self.config.slide_threshold}
 
     def may_be_best(self, epoch: int) -> bool:
         return not self.config.train_classifier or epoch + 1 >= self.config.warmup_epochs
