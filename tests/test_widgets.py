@@ -199,7 +199,8 @@ def test_inference_adds_named_layers_and_rerun_replaces_them(
     names = [lyr.name for lyr in viewer.layers]
     assert {"tumour probability", "tumour peaks"} <= set(names), names
     assert w.progress.value == w.progress.max > 0
-    assert w.status.value.startswith("done")
+    assert w.status.value.startswith("done: tumour (score") or w.status.value.startswith("done: no tumour (score")
+    assert "0.500)" in w.status.value  # the call and the threshold it used (the checkpoint's)
     prob = viewer.layers["tumour probability"]
     # The map covers the slide: its world extent matches the slide's (within one cell).
     cell_um = prob.scale[-1]

@@ -39,7 +39,7 @@ from .config import param, same_as
 
 __all__ = ["AGGREGATIONS", "FEATURES", "ScoreSource", "SlideCallParams", "SlideCallInfer",
            "AggregationParams", "AggregationInfer", "score_features", "aggregate", "fit_learned",
-           "learned_score", "source_from_map", "call_text", "choose_threshold", "parse_rule", "apply_call", "compare_aggregations",
+           "learned_score", "source_from_map", "call_text", "call_summary", "choose_threshold", "parse_rule", "apply_call", "compare_aggregations",
            "call_metrics"]
 
 AGGREGATIONS = ("max", "top_k", "largest_region", "learned")
@@ -230,6 +230,17 @@ def choose_threshold(labels, scores, rule: str = "youden") -> float:
         return float(s.max()) + 1e-6
     below = s[s < t]
     return float((t + below.max()) / 2) if below.size else t
+
+
+def call_summary(labels, scores, threshold: float) -> dict:
+    """Sensitivity, specificity and balanced accuracy of ``score >= threshold`` (NaN for a
+    class that is absent), with the threshold."""
+    y = np.asarray(labels).astype(int)
+    call = np.asarray(scores, np.float64) >= threshold
+    sens = float(call[y == 1].mean()) if (y == 1).any() else float("nan")
+    spec = float((~call[y == 0]).mean()) if (y == 0).any() else float("nan")
+    return {"threshold": float(threshold), "sensitivity": sens, "specificity": spec,
+            "balanced_accuracy": (sens + spec) / 2}
 
 
 def call_metrics(labels, scores, threshold: float, n_boot: int = 2000, seed: int = 0) -> dict:

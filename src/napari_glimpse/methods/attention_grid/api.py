@@ -112,7 +112,7 @@ def evaluate(data_dir, model, config: AttentionGridInferConfig, *, limit: int = 
     """Slide metrics on a folder with the checkpoint's labels file: classification -> ``auc``,
     ``auc_interval`` (stratified bootstrap 95 %), ``n``, ``seconds_per_slide``; regression ->
     ``spearman``, ``n``, ``seconds_per_slide``; both with the scores and labels."""
-    from ...calls import choose_threshold
+    from ...calls import call_summary, choose_threshold
     from ...evaluate import bootstrap_auc_interval, roc_auc, spearman
     from ...slides import open_slide
     from .training import labelled_slides
@@ -144,5 +144,5 @@ def evaluate(data_dir, model, config: AttentionGridInferConfig, *, limit: int = 
     preds = np.asarray(scores) >= config.slide_threshold
     return {"auc": roc_auc(labels, scores), "auc_interval": [lo, hi],
             "accuracy": float(np.mean(preds == np.asarray(labels, bool))) if labels else float("nan"),
-            "threshold": float(config.slide_threshold), "threshold_rule": config.threshold_rule,
+            **call_summary(labels, scores, config.slide_threshold), "threshold_rule": config.threshold_rule,
             "youden_threshold": choose_threshold(labels, scores, "youden") if len(set(labels)) > 1 else None, **out}

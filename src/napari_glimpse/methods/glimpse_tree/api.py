@@ -164,7 +164,10 @@ def evaluate(data_dir, model, config: GlimpseTreeInferConfig, *, limit: int = 0)
         seconds.append(time.perf_counter() - t0)
         patches.append(res.summary["patches_read"])
         yield Progress("evaluate", k + 1, len(items), f"slide {k + 1}/{len(items)}")
+    from ...calls import call_summary
+
     return {"auc": roc_auc(np.array(labels), np.array(scores)), "n": len(items),
+            **call_summary(labels, scores, config.slide_threshold), "threshold_rule": config.threshold_rule,
             "seconds_per_slide": float(np.mean(seconds)) if seconds else float("nan"),
             "patches_per_slide": float(np.mean(patches)) if patches else float("nan"),
             "mode": res.summary["mode"] if res else None, "leaves": res.summary["leaves"] if res else None,
