@@ -5,7 +5,8 @@ For each model, the method runs once per slide of ``--val`` and of ``--heldout``
 window / leaf scores are cached in ``--work``, so a second run only recomputes the tables).
 On ``--val``: every aggregation of :mod:`napari_glimpse.calls` (max, top-k mean, largest
 region, learned; the learned one by 5-fold out-of-fold scores), the choice and its threshold
-(:func:`napari_glimpse.runtime.calibrate.select`). On ``--heldout``, never used for a choice:
+(:func:`napari_glimpse.runtime.calibrate.select`: on dense maps among largest region and
+learned). Each aggregation's held-out AUC is printed beside it for the record. On ``--heldout``, never used for a choice:
 slide AUC, sensitivity, specificity and balanced accuracy of the call at the stored threshold,
 with stratified bootstrap 95 % intervals, for the calibrated model and for the uncalibrated
 one (max at 0.5, as shipped before).
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_glimpse.calls import aggregate, call_metrics, learned_score, score_features
+from napari_glimpse.evaluate import roc_auc
 from napari_glimpse.methods import get_method, load_model
 from napari_glimpse.runtime.calibrate import collect, select, write_calibrated
 from napari_glimpse.runtime.events import run_to_end
@@ -82,12 +84,18 @@ def main() -> None:
         y_held = np.array([r[1] for r in held])
         before = call_metrics(y_held, [r[2] for r in held], 0.5)
         after = call_metrics(y_held, scores_with(choice, held, args.k), choice["threshold"])
+        # every aggregation on the held-out slides, for the record (the choice above saw none of them)
+        held_auc = {how: roc_auc(y_held, scores_with({**choice, "aggregation": how,
+                                                       "aggregator": row.get("aggregator", [])}, held, args.k))
+                    for how, row in choice["table"].items()}
         report[name] = {"choice": {k: v for k, v in choice.items() if k != "table"}, "val_table": choice["table"],
+                        "heldout_auc_by_aggregation": held_auc,
                         "heldout": after, "heldout_uncalibrated": before,
                         "val_n": len(val), "val_positives": int(y_val.sum())}
         print(f"\n== {name}: chose {choice['aggregation']}, threshold {choice['threshold']:.4g} ({args.rule})")
         for how, row in choice["table"].items():
-            print(f"   val {how:15s} AUC {row['auc']:.3f}  sens {row['sensitivity']:.3f}  spec {row['specificity']:.3f}")
+            print(f"   val {how:15s} AUC {row['auc']:.3f}  sens {row['sensitivity']:.3f}  spec {row['specificity']:.3f}"
+                  f"   (held-out AUC {held_auc[how]:.3f})")
         for tag, m in (("held-out, max at 0.5", before), ("held-out, calibrated", after)):
             print(f"   {tag:22s} AUC {m['auc']:.3f} {np.round(m['auc_ci'], 3)}  sens {m['sensitivity']:.3f} "
                   f"{np.round(m['sensitivity_ci'], 3)}  spec {m['specificity']:.3f} {np.round(m['specificity_ci'], 3)}"

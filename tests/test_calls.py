@@ -99,7 +99,7 @@ def test_every_slide_run_is_called_and_re_aggregated_by_the_runtime(tiny_mosaic)
     from napari_glimpse.methods import infer
     from napari_glimpse.runtime.events import run_to_end
 
-    res = run_to_end(infer("patch-classifier", tiny_mosaic.path, slide_threshold=0.3))
+    res = run_to_end(infer("patch-classifier", tiny_mosaic.path, slide_threshold=0.3, slide_aggregation="max"))
     s = res.summary
     prob = next(m for m in res.maps if m.name == "tumour probability").data
     assert s["slide_score"] == pytest.approx(float(prob.max())) == pytest.approx(s["slide_score_max"])
@@ -109,6 +109,11 @@ def test_every_slide_run_is_called_and_re_aggregated_by_the_runtime(tiny_mosaic)
     assert top.summary["slide_score"] == pytest.approx(float(np.sort(prob[prob > 0])[-3:].mean()))
     assert top.slide_score == top.summary["slide_score"]
     assert top.summary["slide_score_max"] == pytest.approx(s["slide_score"])
+    # the shipped checkpoint's own choice (calibrated on validation mosaics): the largest region in mm²
+    shipped = run_to_end(infer("patch-classifier", tiny_mosaic.path)).summary
+    assert shipped["slide_aggregation"] == "largest_region" and shipped["threshold_rule"] == "youden"
+    cell_mm2 = (next(m for m in res.maps if m.name == "tumour probability").cell_size * 0.5 / 1000) ** 2
+    assert shipped["slide_score"] / cell_mm2 == pytest.approx(round(shipped["slide_score"] / cell_mm2))
     # a method whose model gives the slide score itself: called, not re-aggregated
     ag = run_to_end(infer("attention-grid", tiny_mosaic.path, slide_threshold=0.99))
     assert ag.summary["slide_call"] == int(ag.summary["slide_score"] >= 0.99) and "slide_aggregation" not in ag.summary
@@ -144,7 +149,11 @@ def test_calibrate_writes_a_checkpoint_that_infers_with_its_choice(method, label
         assert report["aggregation"] is None and report["table"] == {}
     else:
         assert report["aggregation"] in report["table"] and config.slide_aggregation == report["aggregation"]
-        assert set(report["table"]) >= {"max", "top_k", "learned"}
+        assert set(report["table"]) >= {"max", "top_k", "learned"}  # all compared
+        if method == "patch-classifier":  # a dense map: max and top-k saturate with slide size, not shipped
+            assert report["eligible"] == ["largest_region", "learned"]
+        else:  # leaves lie on no grid
+            assert report["eligible"] == ["max", "top_k", "learned"]
         for row in report["table"].values():
             assert 0.0 <= row["auc"] <= 1.0 and 0.0 <= row["balanced_accuracy"] <= 1.0
     res = run_to_end(infer(method, next(labelled_mosaics.glob("*_000.tif")), str(out)))
@@ -181,3 +190,13 @@ def test_an_attention_grid_checkpoint_from_before_the_shared_call_still_loads(tm
     path = save_checkpoint(tmp_path / "old.safetensors", method="attention-grid", config=old,
                            model_state=ckpt.model_state)
     assert config_from_checkpoint(AttentionGridConfig, load_checkpoint(path)).slide_threshold == 0.4321
+
+
+def test_naming_an_aggregation_imposes_it(labelled_mosaics, tmp_path, capsys):
+    from napari_glimpse.cli import main
+
+    assert main(["calibrate", "patch-classifier", "--data", str(labelled_mosaics), "--aggregations", "max",
+                 "--rule", "sensitivity:1.0"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["aggregation"] == "max" and list(report["table"]) == ["max"] and "written" not in report
+    assert report["table"]["max"]["sensitivity"] == 1.0  # the rule's promise on the slides it chose on

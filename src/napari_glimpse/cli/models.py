@@ -64,7 +64,9 @@ def add_parsers(subparsers) -> None:
         p.add_argument("--rule", default="youden",
                        help="threshold rule: youden (max sensitivity + specificity) or sensitivity:S")
         p.add_argument("--aggregations", nargs="+", default=None, metavar="A",
-                       help="candidates (default all: max top_k largest_region learned); give one to impose it")
+                       help="the aggregations to choose from (default: all are compared; on dense maps the "
+                            "choice is largest_region or learned, as max and top_k saturate with slide size); "
+                            "give one to impose it, e.g. max (the paper)")
         p.add_argument("--k", type=int, default=None, help="top_k and learned: the k largest scores (default: "
                                                           "the checkpoint's aggregation_k)")
         p.add_argument("--labels", default="labels.csv", help="labels file in --data")
@@ -135,7 +137,6 @@ def evaluate_cmd(args) -> int:
 
 
 def calibrate_cmd(args) -> int:
-    from ..calls import AGGREGATIONS
     from ..errors import GlimpseError
     from ..runtime.calibrate import calibrate
     from ._method_flags import load_for
@@ -144,7 +145,7 @@ def calibrate_cmd(args) -> int:
     spec, model, _ = load_for(args, with_config=False)
     try:
         report = drive(calibrate(spec, model, args.data, args.out, rule=args.rule, k=args.k,
-                                 candidates=tuple(args.aggregations or AGGREGATIONS), labels=args.labels,
+                                 candidates=tuple(args.aggregations) if args.aggregations else None, labels=args.labels,
                                  limit=args.limit), desc=f"calibrate {spec.name}")
     except ValueError as exc:
         raise GlimpseError(f"{args.data}: {exc}") from None

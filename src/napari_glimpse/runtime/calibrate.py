@@ -2,11 +2,19 @@
 validation slides and write them into a copy of its checkpoint (:mod:`napari_glimpse.calls`).
 
 Every method is calibrated the same way: the method runs once per validation slide (the
-aggregation set to ``max`` so the raw window / leaf scores are kept), every candidate
-aggregation is scored on those runs, the best by slide AUC is kept (a candidate within
-``tie`` of the best that comes earlier in :data:`~napari_glimpse.calls.AGGREGATIONS` wins:
-simpler first), and the threshold is chosen for it by the rule. Methods without a score
-source (the model gives the slide score itself) only get the threshold.
+aggregation set to ``max`` so the raw window / leaf scores are kept), every aggregation is
+scored on those runs, the best eligible one by slide AUC is kept (a candidate within ``tie``
+of the best that comes earlier in :data:`~napari_glimpse.calls.AGGREGATIONS` wins: simpler
+first), and the threshold is chosen for it by the rule. Methods without a score source (the
+model gives the slide score itself) only get the threshold.
+
+Eligible by default: on a dense map (thousands of windows per slide) ``max`` and ``top_k``
+are compared and reported but not shipped. They reduce a slide to its few highest windows,
+which on a large normal slide are its rarest false positives, so they saturate with slide
+size; validation mosaics built from one bank of patches cannot show it, because every
+negative mosaic holds the same worst patches. (Seen on held-out mosaics: CELNet's top-k mean
+0.962 on validation, 0.48 on mosaics of other patches, where every negative's top windows
+scored 1.0.) Name them with ``candidates`` to impose one.
 """
 
 from __future__ import annotations
@@ -21,7 +29,10 @@ import numpy as np
 from ..calls import AGGREGATIONS, ScoreSource, choose_threshold, compare_aggregations
 from .events import Progress
 
-__all__ = ["collect", "select", "calibrate", "write_calibrated"]
+__all__ = ["collect", "select", "calibrate", "write_calibrated", "SATURATING"]
+
+#: Aggregations that reduce a slide to its highest windows (see the module docstring).
+SATURATING = ("max", "top_k")
 
 
 def collect(spec, model, data_dir: str | os.PathLike, *, labels: str = "labels.csv", limit: int = 0,
@@ -72,9 +83,12 @@ def collect(spec, model, data_dir: str | os.PathLike, *, labels: str = "labels.c
     return out
 
 
-def select(runs, *, rule: str = "youden", k: int = 10, candidates: Sequence[str] = AGGREGATIONS,
+def select(runs, *, rule: str = "youden", k: int = 10, candidates: Sequence[str] | None = None,
            tie: float = 0.005) -> dict:
     """The aggregation and threshold for ``runs`` (:func:`collect`'s list).
+
+    ``candidates``: the aggregations to choose from; None: every one is compared, and the
+    choice is among those eligible (on dense maps, not :data:`SATURATING`).
 
     Returns ``{"aggregation", "threshold", "rule", "table"}`` where the table has every
     candidate's validation AUC, threshold and call figures (without per-slide scores);
@@ -87,10 +101,15 @@ def select(runs, *, rule: str = "youden", k: int = 10, candidates: Sequence[str]
         scores = np.array([r[2] for r in runs])
         return {"aggregation": None, "threshold": choose_threshold(labels, scores, rule), "rule": rule,
                 "table": {}, "aggregator": []}
-    table = compare_aggregations([r[3] for r in runs], labels, k=k, rule=rule, candidates=candidates)
-    best_auc = max(v["auc"] for v in table.values())
-    chosen = next(name for name in table if table[name]["auc"] >= best_auc - tie)
+    dense = all(r[3].grid is not None for r in runs)
+    eligible = tuple(candidates) if candidates is not None else \
+        tuple(a for a in AGGREGATIONS if not (dense and a in SATURATING))
+    table = compare_aggregations([r[3] for r in runs], labels, k=k, rule=rule,
+                                 candidates=AGGREGATIONS if candidates is None else candidates)
+    best_auc = max(table[name]["auc"] for name in eligible if name in table)
+    chosen = next(name for name in table if name in eligible and table[name]["auc"] >= best_auc - tie)
     return {"aggregation": chosen, "threshold": table[chosen]["threshold"], "rule": rule,
+            "eligible": [name for name in table if name in eligible],
             "aggregator": table[chosen].get("aggregator", []),
             "table": {name: {key: v for key, v in entry.items() if key != "scores"}
                       for name, entry in table.items()}}
@@ -115,13 +134,13 @@ def write_calibrated(spec, checkpoint: str, out: str | os.PathLike, choice: dict
 
 
 def calibrate(spec, model, data_dir, out: str | os.PathLike | None = None, *, rule: str = "youden",
-              k: int | None = None, candidates: Sequence[str] = AGGREGATIONS, labels: str = "labels.csv",
+              k: int | None = None, candidates: Sequence[str] | None = None, labels: str = "labels.csv",
               limit: int = 0, overrides: dict | None = None) -> Generator:
     """Collect, select and (with ``out``) write: yields Progress, returns the report (JSON-able)."""
     from ..calls import parse_rule
 
     parse_rule(rule)
-    unknown = sorted(set(candidates) - set(AGGREGATIONS))
+    unknown = sorted(set(candidates or ()) - set(AGGREGATIONS))
     if unknown:
         raise ValueError(f"unknown aggregation {', '.join(unknown)}; choose from {', '.join(AGGREGATIONS)}")
     if k is None:
