@@ -38,10 +38,10 @@ def test_headless_view_runs_shipped_models(tiny_mosaic, qapp):
             assert m[key] is not None, (name, key)
         assert m["checkpoint"] == methods[name]
         assert m["cached"] is False
-        # the mosaic holds tumour; the summary's call is the score at 0.5, judged against that
-        # (tiny inference settings: the call itself may be wrong)
+        # the mosaic holds tumour; the summary's call is the model's own (its stored threshold),
+        # judged against that (tiny inference settings: the call itself may be wrong)
         assert m["truth"]["mosaic_label"] == 1
-        assert m["truth"]["slide_call"] == int(m["slide_score"] >= 0.5)
+        assert m["truth"]["slide_call"] == m["slide_call"] == int(m["slide_score"] >= m["threshold"])
         assert m["truth"]["slide_call_correct"] == (m["truth"]["slide_call"] == 1)
         assert (out / f"mosaic-{name}.png").is_file() and (out / f"mosaic-{name}-window.png").is_file()
         # the Run-model panel in a method's screenshot shows that method's settings

@@ -165,7 +165,9 @@ def truth_check(result, mask, label: int | None) -> dict[str, Any]:
     """
     out: dict[str, Any] = {"mosaic_label": label}
     if result.slide_score is not None and label is not None:
-        out["slide_call"] = int(result.slide_score >= 0.5)
+        # the result's own call (its stored threshold); 0.5 for a result from before calls existed
+        call = (result.summary or {}).get("slide_call")
+        out["slide_call"] = int(result.slide_score >= 0.5) if call is None else int(call)
         out["slide_call_correct"] = out["slide_call"] == label
     for p in result.points:
         hit = _in_mask(mask, p.xy)
