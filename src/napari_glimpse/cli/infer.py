@@ -48,6 +48,7 @@ def infer_cmd(args) -> int:
         target = save_result(result, out / Path(path).stem)
         s = result.summary
         print(json.dumps({"slide": str(path), "out": str(target), "slide_score": result.slide_score,
+                          "slide_call": s.get("slide_call"), "threshold": s.get("threshold"),
                           "seconds": round(float(s["seconds"]), 3), "patches_read": s["patches_read"],
                           "pixels_read": s["pixels_read"]}), flush=True)
     return 0
