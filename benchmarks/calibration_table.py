@@ -11,7 +11,7 @@ slide AUC, sensitivity, specificity and balanced accuracy of the call at the sto
 with stratified bootstrap 95 % intervals, for the calibrated model and for the uncalibrated
 one (max at 0.5, as shipped before).
 
-    python benchmarks/calibration_table.py --val VAL --heldout HELDOUT --work RUN_DIR \
+    python benchmarks/calibration_table.py --val VAL [VAL2 ...] --heldout HELDOUT --work RUN_DIR \
         --json docs/calibration.json [--write] [--models celnet glimpse-tree:supervised ...]
 
 ``--write`` stores each model's choice in its shipped checkpoint (the weights folder).
@@ -61,7 +61,7 @@ def scores_with(choice: dict, runs, k: int) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--val", required=True)
+    ap.add_argument("--val", required=True, nargs="+", help="validation folders (several: one per patch bank)")
     ap.add_argument("--heldout", required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--models", nargs="+", default=list(MODELS))
@@ -74,7 +74,10 @@ def main() -> None:
     work = Path(args.work)
     report = {}
     for name in args.models:
-        method, model, val, t_val = runs_of(name, args.val, work)
+        val, t_val = [], 0.0
+        for folder in args.val:
+            method, model, runs, t = runs_of(name, folder, work)
+            val, t_val = val + runs, t_val + t
         _, _, held, t_held = runs_of(name, args.heldout, work)
         if args.collect_only:
             print(name, f"collected {len(val)} + {len(held)} slides in {t_val + t_held:.0f} s", flush=True)
@@ -92,10 +95,13 @@ def main() -> None:
                         "heldout_auc_by_aggregation": held_auc,
                         "heldout": after, "heldout_uncalibrated": before,
                         "val_n": len(val), "val_positives": int(y_val.sum())}
-        print(f"\n== {name}: chose {choice['aggregation']}, threshold {choice['threshold']:.4g} ({args.rule})")
+        print(f"\n== {name}: chose {choice['aggregation']}, threshold {choice['threshold']:.4g} ({args.rule}), "
+              f"by {choice.get('criterion', 'auc')}")
         for how, row in choice["table"].items():
+            xb = row.get("cross_bank_balanced_accuracy")
             print(f"   val {how:15s} AUC {row['auc']:.3f}  sens {row['sensitivity']:.3f}  spec {row['specificity']:.3f}"
-                  f"   (held-out AUC {held_auc[how]:.3f})")
+                  + ("" if xb is None else f"  cross-bank bal.acc {xb:.3f}")
+                  + f"   (held-out AUC {held_auc[how]:.3f})")
         for tag, m in (("held-out, max at 0.5", before), ("held-out, calibrated", after)):
             print(f"   {tag:22s} AUC {m['auc']:.3f} {np.round(m['auc_ci'], 3)}  sens {m['sensitivity']:.3f} "
                   f"{np.round(m['sensitivity_ci'], 3)}  spec {m['specificity']:.3f} {np.round(m['specificity_ci'], 3)}"
@@ -103,7 +109,7 @@ def main() -> None:
         if args.write:
             spec = get_method(method)
             path = write_calibrated(spec, model.checkpoint, model.checkpoint, {**choice, "n": len(val)},
-                                    data_dir=args.val, k=args.k)
+                                    data_dir=", ".join(Path(v).name for v in args.val), k=args.k)
             print("   wrote", path)
     if args.json and report:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")

@@ -200,3 +200,25 @@ def test_naming_an_aggregation_imposes_it(labelled_mosaics, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["aggregation"] == "max" and list(report["table"]) == ["max"] and "written" not in report
     assert report["table"]["max"]["sensitivity"] == 1.0  # the rule's promise on the slides it chose on
+
+
+def test_several_validation_folders_choose_the_call_that_transfers_between_them(labelled_mosaics, tmp_path,
+                                                                                 capsys):
+    from napari_glimpse.calls import cross_bank_accuracy
+    from napari_glimpse.cli import main
+    from napari_glimpse.mosaic import bundled_patches_dir, make_mosaics
+
+    other = tmp_path / "bank2"
+    make_mosaics(bundled_patches_dir(), other, count=8, grid=(14, 14), seed=4, tumour_fraction=0.3,
+                 lattice_offset=True)
+    assert main(["calibrate", "patch-classifier", "--data", str(labelled_mosaics), str(other)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["n"] == 18 and report["criterion"] == "cross_bank_balanced_accuracy"
+    assert len(report["banks"]) == 2
+    best = max(report["table"][a]["cross_bank_balanced_accuracy"] for a in report["eligible"])
+    assert report["table"][report["aggregation"]]["cross_bank_balanced_accuracy"] >= best - 0.005
+    # the criterion itself: a call chosen on one bank, measured on the other
+    # bank a: negative 0.2, positive 0.8 (threshold 0.5); bank b: 0.6 and 0.9 (threshold 0.75).
+    # a's threshold calls b's negative tumour (0.5); b's threshold holds on a (1.0): mean 0.75
+    src = [ScoreSource(np.array([v])) for v in (0.2, 0.8, 0.6, 0.9)]
+    assert cross_bank_accuracy(src, [0, 1, 0, 1], ["a", "a", "b", "b"], "max") == pytest.approx(0.75)

@@ -39,7 +39,7 @@ from .config import param, same_as
 
 __all__ = ["AGGREGATIONS", "FEATURES", "ScoreSource", "SlideCallParams", "SlideCallInfer",
            "AggregationParams", "AggregationInfer", "score_features", "aggregate", "fit_learned",
-           "learned_score", "source_from_map", "call_text", "call_summary", "choose_threshold", "parse_rule", "apply_call", "compare_aggregations",
+           "learned_score", "source_from_map", "call_text", "call_summary", "cross_bank_accuracy", "choose_threshold", "parse_rule", "apply_call", "compare_aggregations",
            "call_metrics"]
 
 AGGREGATIONS = ("max", "top_k", "largest_region", "learned")
@@ -322,6 +322,31 @@ def _oof_learned(features: np.ndarray, labels: np.ndarray, folds: int = 5, seed:
         agg = fit_learned(features[train], y[train])
         out[test] = [learned_score(agg, f) for f in features[test]]
     return out
+
+
+def cross_bank_accuracy(sources: Sequence[ScoreSource], labels, groups, how: str, k: int = 10,
+                        rule: str = "youden") -> float:
+    """How well an aggregation's call transfers between validation sets built from different
+    patch banks: for each set, the aggregation (the learned one fitted there) and its threshold
+    by ``rule`` are chosen on that set alone, and the call's balanced accuracy is measured on
+    each other set; the mean over those ordered pairs."""
+    y = np.asarray(labels).astype(int)
+    g = np.asarray(groups)
+    feats = np.stack([score_features(s, k) for s in sources])
+    accs = []
+    for gi in np.unique(g):
+        fit = g == gi
+        if how == "learned":
+            agg = fit_learned(feats[fit], y[fit])
+            thr = choose_threshold(y[fit], _oof_learned(feats[fit], y[fit]), rule)
+            scores = np.array([learned_score(agg, f) for f in feats])
+        else:
+            scores = np.array([aggregate(s, how, k) for s in sources])
+            thr = choose_threshold(y[fit], scores[fit], rule)
+        for gj in np.unique(g):
+            if gj != gi:
+                accs.append(call_summary(y[g == gj], scores[g == gj], thr)["balanced_accuracy"])
+    return float(np.mean(accs))
 
 
 def compare_aggregations(sources: Sequence[ScoreSource], labels, k: int = 10,

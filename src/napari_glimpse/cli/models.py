@@ -56,7 +56,9 @@ def add_parsers(subparsers) -> None:
     for name in list_methods():
         spec = get_method(name)
         p = cal_methods.add_parser(name, help=spec.title, description=spec.title)
-        p.add_argument("--data", required=True, help="validation slides with labels.csv (slide,label 0/1)")
+        p.add_argument("--data", required=True, nargs="+", metavar="DIR",
+                       help="validation slides with labels.csv (slide,label 0/1); several folders (patch banks, "
+                            "sites) make the choice favour the call that transfers between them")
         p.add_argument("--checkpoint", help="checkpoint file"
                        + (f" or a shipped one: {', '.join(spec.weights)} (default {next(iter(spec.weights))})"
                           if spec.weights else ""))
@@ -148,6 +150,6 @@ def calibrate_cmd(args) -> int:
                                  candidates=tuple(args.aggregations) if args.aggregations else None, labels=args.labels,
                                  limit=args.limit), desc=f"calibrate {spec.name}")
     except ValueError as exc:
-        raise GlimpseError(f"{args.data}: {exc}") from None
+        raise GlimpseError(f"{', '.join(map(str, args.data))}: {exc}") from None
     print(json.dumps(report))
     return 0

@@ -26,7 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..calls import AGGREGATIONS, ScoreSource, choose_threshold, compare_aggregations
+from ..calls import (
+    AGGREGATIONS,
+    ScoreSource,
+    choose_threshold,
+    compare_aggregations,
+    cross_bank_accuracy,
+)
 from .events import Progress
 
 __all__ = ["collect", "select", "calibrate", "write_calibrated", "SATURATING"]
@@ -39,7 +45,7 @@ def collect(spec, model, data_dir: str | os.PathLike, *, labels: str = "labels.c
             cache_dir: str | os.PathLike | None = None, overrides: dict | None = None) -> Generator:
     """Run the method on every labelled slide of ``data_dir`` with the aggregation set to max.
 
-    Yields Progress; returns ``[(stem, label, score, ScoreSource | None)]``. With
+    Yields Progress; returns ``[(stem, label, score, ScoreSource | None, folder name)]``. With
     ``cache_dir``, each slide's scores are kept as ``<stem>.npz`` there and reused (benchmarks
     that re-run a comparison); the cache is the caller's to clear when the model changes.
     """
@@ -78,7 +84,7 @@ def collect(spec, model, data_dir: str | os.PathLike, *, labels: str = "labels.c
                          cell_mm2=source.cell_mm2 if source else 0.0,
                          patch_threshold=source.patch_threshold if source else 0.5)
                 os.replace(tmp, cached)
-        out.append((item.stem, float(item.label), score, source))
+        out.append((item.stem, float(item.label), score, source, str(data_dir)))
         yield Progress("calibrate", k + 1, len(items), f"validation slide {k + 1}/{len(items)}")
     return out
 
@@ -88,7 +94,10 @@ def select(runs, *, rule: str = "youden", k: int = 10, candidates: Sequence[str]
     """The aggregation and threshold for ``runs`` (:func:`collect`'s list).
 
     ``candidates``: the aggregations to choose from; None: every one is compared, and the
-    choice is among those eligible (on dense maps, not :data:`SATURATING`).
+    choice is among those eligible (on dense maps, not :data:`SATURATING`). When the runs come
+    from two or more folders (patch banks) that each hold both classes, the choice is by
+    :func:`~napari_glimpse.calls.cross_bank_accuracy` (how well a call chosen on one folder
+    holds on the others) instead of the pooled AUC; the threshold is chosen on them all.
 
     Returns ``{"aggregation", "threshold", "rule", "table"}`` where the table has every
     candidate's validation AUC, threshold and call figures (without per-slide scores);
@@ -106,9 +115,21 @@ def select(runs, *, rule: str = "youden", k: int = 10, candidates: Sequence[str]
         tuple(a for a in AGGREGATIONS if not (dense and a in SATURATING))
     table = compare_aggregations([r[3] for r in runs], labels, k=k, rule=rule,
                                  candidates=AGGREGATIONS if candidates is None else candidates)
-    best_auc = max(table[name]["auc"] for name in eligible if name in table)
-    chosen = next(name for name in table if name in eligible and table[name]["auc"] >= best_auc - tie)
+    groups = [r[4] if len(r) > 4 else "" for r in runs]
+    banks = [g for g in dict.fromkeys(groups)
+             if len(set(labels[[x == g for x in groups]].tolist())) == 2]
+    criterion = "auc"
+    if len(banks) >= 2:
+        criterion = "cross_bank_balanced_accuracy"
+        keep = [g in banks for g in groups]
+        for name in table:
+            table[name][criterion] = cross_bank_accuracy(
+                [r[3] for r, on in zip(runs, keep, strict=True) if on], labels[keep],
+                [g for g, on in zip(groups, keep, strict=True) if on], name, k=k, rule=rule)
+    best = max(table[name][criterion] for name in eligible if name in table)
+    chosen = next(name for name in table if name in eligible and table[name][criterion] >= best - tie)
     return {"aggregation": chosen, "threshold": table[chosen]["threshold"], "rule": rule,
+            "criterion": criterion, "banks": banks,
             "eligible": [name for name in table if name in eligible],
             "aggregator": table[chosen].get("aggregator", []),
             "table": {name: {key: v for key, v in entry.items() if key != "scores"}
@@ -136,7 +157,10 @@ def write_calibrated(spec, checkpoint: str, out: str | os.PathLike, choice: dict
 def calibrate(spec, model, data_dir, out: str | os.PathLike | None = None, *, rule: str = "youden",
               k: int | None = None, candidates: Sequence[str] | None = None, labels: str = "labels.csv",
               limit: int = 0, overrides: dict | None = None) -> Generator:
-    """Collect, select and (with ``out``) write: yields Progress, returns the report (JSON-able)."""
+    """Collect, select and (with ``out``) write: yields Progress, returns the report (JSON-able).
+
+    ``data_dir``: one folder of validation slides, or several (one per patch bank / site: the
+    choice then favours the call that transfers between them, :func:`select`)."""
     from ..calls import parse_rule
 
     parse_rule(rule)
@@ -145,7 +169,11 @@ def calibrate(spec, model, data_dir, out: str | os.PathLike | None = None, *, ru
         raise ValueError(f"unknown aggregation {', '.join(unknown)}; choose from {', '.join(AGGREGATIONS)}")
     if k is None:
         k = int(getattr(model.config, "aggregation_k", 10))
-    runs = yield from collect(spec, model, data_dir, labels=labels, limit=limit, overrides=overrides)
+    folders = [data_dir] if isinstance(data_dir, (str, os.PathLike)) else list(data_dir)
+    runs = []
+    for folder in folders:
+        runs += yield from collect(spec, model, folder, labels=labels, limit=limit, overrides=overrides)
+    data_dir = ", ".join(Path(f).name for f in folders) if len(folders) > 1 else folders[0]
     choice = select(runs, rule=rule, k=k, candidates=candidates)
     choice["n"] = len(runs)
     report = {"method": getattr(spec, "name", spec), "checkpoint": model.checkpoint, "data": str(data_dir),
