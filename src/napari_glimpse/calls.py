@@ -250,13 +250,10 @@ def call_metrics(labels, scores, threshold: float, n_boot: int = 2000, seed: int
 
     y = np.asarray(labels).astype(int)
     s = np.asarray(scores, np.float64)
-    call = s >= threshold
 
     def stats(idx):
-        yy, ss, cc = y[idx], s[idx], call[idx]
-        sens = float(cc[yy == 1].mean())
-        spec = float((~cc[yy == 0]).mean())
-        return roc_auc(yy, ss), sens, spec, (sens + spec) / 2
+        c = call_summary(y[idx], s[idx], threshold)
+        return roc_auc(y[idx], s[idx]), c["sensitivity"], c["specificity"], c["balanced_accuracy"]
 
     point = stats(np.arange(len(y)))
     rng = np.random.default_rng(seed)
@@ -372,10 +369,7 @@ def compare_aggregations(sources: Sequence[ScoreSource], labels, k: int = 10,
             entry["aggregator"] = list(fit_learned(feats, y))
         else:
             scores = np.array([aggregate(s, how, k) for s in sources])
-        thr = choose_threshold(y, scores, rule)
-        call = scores >= thr
-        sens, spec = float(call[y == 1].mean()), float((~call[y == 0]).mean())
-        entry.update(auc=roc_auc(y, scores), threshold=thr, sensitivity=sens, specificity=spec,
-                     balanced_accuracy=(sens + spec) / 2, scores=[float(v) for v in scores])
+        entry.update(auc=roc_auc(y, scores), **call_summary(y, scores, choose_threshold(y, scores, rule)),
+                     scores=[float(v) for v in scores])
         out[how] = entry
     return out

@@ -26,6 +26,10 @@ What a method writes
     ``Trainer`` (its step and its validation); returns the best checkpoint's path.
 ``evaluate(data_dir, model, config, *, limit) -> Generator[..., dict]``
     Metrics of a loaded model on labelled data (JSON-able).
+``score_source(result, config) -> calls.ScoreSource`` (optional)
+    The window / leaf scores its slide score summarises; with the config fields of
+    :mod:`napari_glimpse.calls` the runtime then aggregates, calls and calibrates the slide
+    the same way for every method. Every method's result gets a call.
 """
 
 from __future__ import annotations

@@ -54,7 +54,8 @@ def run_inference(spec, slide, model, config=None, region: Sequence[float] | Non
         Level-0 (x0, y0, x1, y1), or None for the whole slide.
 
     The slide score is re-aggregated and called by :func:`napari_glimpse.calls.apply_call`
-    (``slide_call``, ``threshold``, ``threshold_rule``). The summary gets ``method``, ``seconds`` (the whole run, the slide's opening included),
+    (``slide_call``, ``threshold``, ``threshold_rule``). The summary gets ``method``,
+    ``seconds`` (the whole run, the slide's opening included),
     ``device`` and ``checkpoint``; the method must have set ``slide_score``,
     ``patches_read``, ``pixels_read`` and ``evidence``.
     """

@@ -186,8 +186,9 @@ def score_source(result, config):
         values = np.concatenate([t[np.isfinite(t)] for t in tiles]) if tiles else np.zeros(0)
         cell = float(result.maps[0].cell_size) if tiles else 0.0
     else:
-        leaves = [n for n in s.get("tree", []) if n["level"] == max(m["level"] for m in s["tree"])
-                  and n["score"] is not None]
+        nodes = s.get("tree", [])
+        top = max((n["level"] for n in nodes), default=0)
+        leaves = [n for n in nodes if n["level"] == top and n["score"] is not None]
         values = np.array([n["score"] for n in leaves], np.float64)
         cell = float(leaves[0]["box"][2] - leaves[0]["box"][0]) if leaves else 0.0
     um = float(np.mean(result.mpp)) if result.mpp is not None else 1.0
