@@ -54,6 +54,17 @@ class FakeSlide:
         self.reads.append((level, w, h))
         return out
 
+    def best_level_for_downsample(self, downsample):
+        best = 0
+        for i, lev in enumerate(self.levels):
+            if lev.downsample <= downsample:
+                best = i
+        return best
+
+    def read_level_box(self, level, x, y, w, h):
+        d = self.levels[level].downsample
+        return self.read_region((int(x * d), int(y * d)), level, (w, h))
+
     def close(self):
         pass
 

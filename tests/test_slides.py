@@ -399,3 +399,22 @@ def test_pyramid_as_unflagged_following_pages(tmp_path):
     with open_slide(path) as s:
         assert [lv.downsample for lv in s.levels] == [1.0, 2.0, 4.0]
         assert np.array_equal(s.read_region((8, 4), 2, (100, 50)), base[::4, ::4][1:51, 2:102])
+
+
+def test_reads_from_many_threads_equal_serial_reads(tiny_mosaic):
+    """Tiles are fetched by positional reads: threads (napari's chunk loading, MagNet's sibling
+    fields) never see each other's file position, on a freshly opened slide too."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(0)
+    with open_slide(tiny_mosaic.path) as s:
+        jobs = []
+        for _ in range(300):
+            lv = int(rng.integers(0, s.level_count))
+            L = s.levels[lv]
+            jobs.append((lv, int(rng.integers(0, L.width)), int(rng.integers(0, L.height)), 150, 150))
+        serial = [s.read_level_box(*j) for j in jobs]
+    for _ in range(3):
+        with open_slide(tiny_mosaic.path) as s, ThreadPoolExecutor(8) as pool:
+            parallel = list(pool.map(lambda j: s.read_level_box(*j), jobs))
+        assert all(np.array_equal(a, b) for a, b in zip(parallel, serial, strict=True))

@@ -192,6 +192,17 @@ class Slide:
         src = self._read_clipped(level, lx, ly, w + 1, h + 1)
         return _bilinear_like_pixman(src, wx, wy)
 
+    def read_level_box(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """Pixels [x, x + w) x [y, y + h) of ``level`` in that level's own pixel coordinates,
+        as (h, w, 3) uint8; area outside the level is white (no resampling, unlike
+        :meth:`read_region` at a fractional level-0 location)."""
+        self._check_open()
+        if not 0 <= int(level) < len(self.levels):
+            raise SlideError(f"level {level} does not exist (0..{len(self.levels) - 1})", self.path)
+        if w < 0 or h < 0:
+            raise SlideError(f"negative region size {(w, h)}", self.path)
+        return self._read_clipped(int(level), int(x), int(y), int(w), int(h))
+
     def _read_clipped(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
         """Level pixels [lx, lx + w) x [ly, ly + h); outside the level is white."""
         lv = self.levels[level]

@@ -58,14 +58,17 @@ class _TileCache:
 class _PageReader:
     """Reads regions of one contiguous-planar TIFF page by decoding only the tiles needed."""
 
-    def __init__(self, key, page, fh, cache: _TileCache):
+    def __init__(self, key, page, read_bytes, cache: _TileCache):
         self.key = key
         self.page = page
-        self.fh = fh
+        self.read_bytes = read_bytes  # (offset, count) -> bytes, safe from any thread
         self.cache = cache
         self.tile_h, self.tile_w = int(page.chunks[0]), int(page.chunks[1])
         self.n_y, self.n_x = int(page.chunked[0]), int(page.chunked[1])
         self.decodes = 0  # how many tiles were decoded (laziness is tested on it)
+        # read once, here (the caller holds the file's lock): tifffile may load them lazily
+        self.offsets = tuple(page.dataoffsets)
+        self.counts = tuple(page.databytecounts)
         self._decodeargs = {
             "jpegtables": page.jpegtables,
             "jpegheader": page.jpegheader,
@@ -77,14 +80,12 @@ class _PageReader:
         cached = self.cache.get((self.key, index))
         if cached is not None:
             return cached
-        offset = self.page.dataoffsets[index]
-        count = self.page.databytecounts[index]
+        offset = self.offsets[index]
+        count = self.counts[index]
         if count == 0:  # a sparse tile: TIFF says it holds nothing
             tile = np.zeros((self.tile_h, self.tile_w, self.page.samplesperpixel), np.uint8)
         else:
-            with self.fh.lock:
-                self.fh.seek(offset)
-                data = self.fh.read(count)
+            data = self.read_bytes(offset, count)
             if len(data) < count:
                 raise SlideError(f"tile {index} lies past the end of the file (truncated?)")
             segment, _, _ = self.page.decode(data, index, **self._decodeargs)
@@ -193,13 +194,21 @@ class TiffBackend:
         log.setLevel(logging.WARNING)
         log.propagate = False
         self._tif = None
+        self._fd = None
         try:
             self._tif = tifffile.TiffFile(path)
+            # tiles are read from several threads (napari's chunk loading, MagNet's sibling
+            # fields): tile bytes come by positional reads of a descriptor of our own, and
+            # tifffile's own seeks take its lock (a no-op until set)
+            self._tif.filehandle.set_lock(True)
+            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0)) if hasattr(os, "pread") else None
             self._setup()
             broken = [m for m in records.messages if "invalid page offset" in m]
             if broken:
                 raise SlideError(f"truncated or damaged ({broken[0]})", path)
         except BaseException:
+            if self._fd is not None:
+                os.close(self._fd)
             if self._tif is not None:
                 self._tif.close()
             raise
@@ -357,6 +366,12 @@ class TiffBackend:
 
     # -- pixels --------------------------------------------------------------------------
     def _reader(self, level: int) -> _PageReader | None:
+        # tifffile loads a level's page (and its tile offsets) from the file on first use:
+        # under the file's lock, or a tile read in another thread seeks the handle under it
+        with self._tif.filehandle.lock:
+            return self._reader_locked(level)
+
+    def _reader_locked(self, level: int) -> _PageReader | None:
         if level not in self._readers:
             series = self._level_series[level]
             page = series.keyframe
@@ -368,7 +383,7 @@ class TiffBackend:
                 and series.axes in ("YX", "YXS")
             )
             self._readers[level] = (
-                _PageReader(level, series.pages[0], self._tif.filehandle, self._cache)
+                _PageReader(level, series.pages[0], self._read_bytes, self._cache)
                 if simple
                 else None
             )
@@ -434,5 +449,18 @@ class TiffBackend:
                 return base.aszarr(level=i)
         return series.aszarr()
 
+    def _read_bytes(self, offset: int, count: int) -> bytes:
+        """``count`` bytes at file ``offset``: a positional read (no shared file position, so
+        threads need no lock), else seek + read under the handle's lock."""
+        fh = self._tif.filehandle
+        if self._fd is not None:
+            return os.pread(self._fd, count, getattr(fh, "_offset", 0) + offset)
+        with fh.lock:
+            fh.seek(offset)
+            return fh.read(count)
+
     def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self._tif.close()
