@@ -289,7 +289,8 @@ def test_result_layers_colour_each_layer_and_mark_frozen_patches():
     assert list(layer2.edge_color[layer2.properties["frozen"]]) == [FROZEN_COLOUR] * 2
     assert set(layer2.edge_color[~layer2.properties["frozen"]]) == {LAYER_COLOURS[1]}
     assert [len(s.segments) for s in res.lines] == [6, 18]
-    rise = res.points[0].properties["rise"]
+    assert [p.name for p in res.points] == ["MagNet leaf probability", "MagNet evidence"]
+    rise = res.points[1].properties["rise"]
     assert np.all(np.diff(rise) <= 0)  # evidence: the largest rise first
     leaves = res.boxes[2]
     np.testing.assert_allclose(leaves.properties["running"], res.summary["running"], atol=1e-5)

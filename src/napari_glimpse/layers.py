@@ -324,6 +324,8 @@ def points_to_layer_data(p: SlidePoints, mpp: Sequence[float] | None = None) -> 
         "metadata": {META_KIND: "points", META_MPP: _mpp_meta(mpp), **p.metadata},
         **_units(mpp, 2),
     }
+    if p.color_by and p.color_by in p.properties and len(world):
+        kwargs.update(border_color=p.color_by, border_colormap="inferno", border_contrast_limits=(0.0, 1.0))
     return world, kwargs, "points"
 
 

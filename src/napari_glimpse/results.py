@@ -46,6 +46,7 @@ class SlidePoints:
     size_px: float = 64.0  # marker size in level-0 pixels
     face_color: str = "yellow"
     metadata: dict[str, Any] = field(default_factory=dict)
+    color_by: str | None = None  # a property in [0, 1] to colour the rings by (inferno) instead of face_color
 
 
 @dataclass

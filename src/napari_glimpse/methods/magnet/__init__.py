@@ -19,6 +19,6 @@ SPEC = MethodSpec(
     train="napari_glimpse.methods.magnet.training:train",
     evaluate="napari_glimpse.methods.magnet.api:evaluate",
     data="slides",
-    weights={"pcam": "magnet_pcam.safetensors"},
+    # no shipped weights yet: no run on PCam mosaics has beaten chance (docs/magnet.md)
     napari_hook="napari_glimpse._napari.magnet_plot:install",
 )

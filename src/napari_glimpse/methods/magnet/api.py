@@ -87,7 +87,12 @@ def result_from_output(out: dict, counts: dict, config: MagNetConfig, slide_path
     rank = np.argsort(-leaves["rise"], kind="stable")
     evidence = top_evidence(leaves["centre"], leaves["rise"])
     leaf_size = float(np.mean(leaves["box"][:, 2] - leaves["box"][:, 0])) if len(rank) else 64.0
-    points = [SlidePoints("MagNet evidence", leaves["centre"][rank],
+    points = [SlidePoints("MagNet leaf probability", leaves["centre"],
+                          {"running": leaves["running"].astype(np.float32), "order": leaves["order"],
+                           "rise": leaves["rise"].astype(np.float32)},
+                          size_px=leaf_size / 2, color_by="running",
+                          metadata={"magnet_role": "leaf_probability"}),
+              SlidePoints("MagNet evidence", leaves["centre"][rank],
                           {"rise": leaves["rise"][rank].astype(np.float32), "order": leaves["order"][rank],
                            "running": leaves["running"][rank].astype(np.float32), "rank": np.arange(len(rank))},
                           size_px=leaf_size / 4, face_color="yellow",
