@@ -187,8 +187,7 @@ class MagNet(nn.Module):
                 layer = int(key)
                 aux[layer] = clf(torch.stack(outputs[layer]) if layer != last else leaves)
         return {"logits": logits_all[-1], "running": torch.softmax(logits_all, -1)[:, 1], "prior": prior,
-                "fields": fields, "thetas": thetas, "masses": masses, "frozen": frozen, "aux": aux,
-                "leaf_images": leaves}
+                "fields": fields, "thetas": thetas, "masses": masses, "frozen": frozen, "aux": aux}
 
 
 def aux_layers(patches: tuple[int, ...]) -> tuple[int, ...]:
