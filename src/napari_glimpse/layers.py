@@ -249,8 +249,10 @@ def shapes_to_level0(
 
 
 def map_to_layer_data(m: SlideMap, mpp: Sequence[float] | None = None) -> LayerDataTuple:
-    """A :class:`SlideMap` as an image (heatmap, or a (C, rows, cols) stack) or labels layer."""
-    data = np.asarray(m.data)
+    """A :class:`SlideMap` as an image (heatmap, or a (C, rows, cols) stack) or labels layer
+    (a zarr / dask label map of a whole slide stays lazy)."""
+    lazy = m.kind == "labels" and not isinstance(m.data, np.ndarray) and hasattr(m.data, "dtype")
+    data = m.data if lazy else np.asarray(m.data)
     scale, translate = coords.grid_transform(m.cell_size, m.origin, mpp)
     scale, translate = _pad_transform(scale, translate, data.ndim)
     meta = {
@@ -270,7 +272,15 @@ def map_to_layer_data(m: SlideMap, mpp: Sequence[float] | None = None) -> LayerD
         **_units(mpp, len(scale)),
     }
     if m.kind == "labels":
-        return data.astype(np.int32, copy=False), kwargs, "labels"
+        colours = m.metadata.get("class_colours")
+        if colours:
+            from napari.utils.colormaps import (
+                DirectLabelColormap,  # napari: a dependency of the package
+            )
+
+            kwargs["colormap"] = DirectLabelColormap(color_dict={None: "transparent",
+                                                                 **dict(enumerate(colours))})
+        return (data if lazy else data.astype(np.int32, copy=False)), kwargs, "labels"
     kwargs["colormap"] = _fading_colormap(m.colormap) if data.ndim == 2 else m.colormap
     kwargs["blending"] = "translucent"
     if m.contrast_limits is not None:

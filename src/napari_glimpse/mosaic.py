@@ -229,8 +229,11 @@ def _image_tiles(width, height, tissue, tumour, pick, turn, bank, glass, offset=
             yield tile
 
 
-def _mask_tiles(width, height, tumour, offset=(0, 0)) -> Iterator[np.ndarray]:
+def _mask_tiles(width, height, tumour, offset=(0, 0), tissue=None) -> Iterator[np.ndarray]:
+    """255 on tumour cells; with ``tissue``, class indices: 0 glass, 1 normal tissue, 2 tumour."""
     ox, oy = offset
+    values = (tumour.astype(np.uint8) * 255 if tissue is None
+              else tissue.astype(np.uint8) + (tumour & tissue).astype(np.uint8))
     rows_t, cols_t = math.ceil(height / _TILE), math.ceil(width / _TILE)
     zero = np.zeros((_TILE, _TILE), np.uint8)
     for tr in range(rows_t):
@@ -238,13 +241,13 @@ def _mask_tiles(width, height, tumour, offset=(0, 0)) -> Iterator[np.ndarray]:
             y0, x0 = tr * _TILE, tc * _TILE
             y1, x1 = min(y0 + _TILE, height), min(x0 + _TILE, width)
             cr, cc = _cells_for(y0, y1, x0, x1, oy, ox)
-            block = tumour[cr.start : cr.stop, cc.start : cc.stop]
+            block = values[cr.start : cr.stop, cc.start : cc.stop]
             if not block.any():
                 yield zero[: y1 - y0, : x1 - x0]
                 continue
             full = np.repeat(np.repeat(block, CELL_SIZE, 0), CELL_SIZE, 1)
             by, bx = y0 + oy - cr.start * CELL_SIZE, x0 + ox - cc.start * CELL_SIZE
-            yield (full[by : by + y1 - y0, bx : bx + x1 - x0] * np.uint8(255)).astype(np.uint8)
+            yield np.ascontiguousarray(full[by : by + y1 - y0, bx : bx + x1 - x0], dtype=np.uint8)
 
 
 # ----------------------------------------------------------------------------- slides
@@ -265,6 +268,7 @@ def make_mosaics(
     max_patches_per_class: int = 1000,
     n_slides: int | None = None,
     lattice_offset: bool = False,
+    mask_classes: bool = False,
 ) -> list[MosaicSlide]:
     """Write ``count`` mosaic slides with their tumour masks, polygons and labels.
 
@@ -300,6 +304,9 @@ def make_mosaics(
         per slide), as real slides never line up with a model's grid; the offset is in
         ``cells.json`` (``lattice_offset``: [x, y]), the mask and polygons follow it. Without
         it the slides are exactly those of earlier versions for the same seed.
+    mask_classes : bool
+        Write masks of class indices (0 glass, 1 normal tissue, 2 tumour) and a
+        ``classes.txt`` naming them: a segmentation data set (RAZN). Default: 255 on tumour.
 
     Returns
     -------
@@ -348,8 +355,11 @@ def make_mosaics(
                 tumour_fraction,
                 mpp,
                 quality,
+                mask_classes,
             )
         )
+    if mask_classes:
+        atomic_write_text(out / "classes.txt", "glass\nnormal tissue\ntumour\n")
     _write_labels(out / "labels.csv", [(m.name, m.label) for m in made])
     _write_labels(out / "tumour_fraction.csv", [(m.name, f"{m.tumour_fraction:.6f}") for m in made])
     return made
@@ -364,7 +374,7 @@ def _write_labels(path: Path, rows) -> None:
 
 
 def _make_one(
-    out, stem, bank, width, height, offset, label, rng, seed, tumour_fraction, mpp, quality
+    out, stem, bank, width, height, offset, label, rng, seed, tumour_fraction, mpp, quality, mask_classes=False
 ) -> MosaicSlide:
     ox, oy = offset
     rows, cols = math.ceil((height + oy) / CELL_SIZE), math.ceil((width + ox) / CELL_SIZE)
@@ -396,7 +406,7 @@ def _make_one(
         quality=quality,
         description=f"napari-glimpse PCam mosaic {stem}",
     )
-    write_mask(mask_path, width, height, _mask_tiles(width, height, tumour, offset), mpp)
+    write_mask(mask_path, width, height, _mask_tiles(width, height, tumour, offset, tissue if mask_classes else None), mpp)
     polygons = mask_to_polygons(tumour, CELL_SIZE)
     for a in polygons:
         a.polygon = a.polygon - (ox, oy)

@@ -54,6 +54,12 @@ def add_parsers(subparsers) -> None:
         "line up with a model's grid); use it for every set you evaluate on",
     )
     p.add_argument(
+        "--mask-classes",
+        action="store_true",
+        help="masks of class indices (0 glass, 1 normal tissue, 2 tumour) with a classes.txt: a "
+        "segmentation data set (RAZN); default 255 on tumour",
+    )
+    p.add_argument(
         "--max-patches-per-class",
         type=int,
         default=1000,
@@ -77,6 +83,7 @@ def _make_mosaic(args: argparse.Namespace) -> int:
         mpp=args.mpp or PCAM_MPP,
         name=args.name,
         lattice_offset=args.lattice_offset,
+        mask_classes=args.mask_classes,
         max_patches_per_class=args.max_patches_per_class,
     )
     for m in made:

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 
-__all__ = ["ResNet", "resnet18", "resnet34", "build_backbone", "load_torchvision_weights"]
+__all__ = ["ResNet", "resnet18", "resnet34", "build_backbone", "load_torchvision_weights", "dilate_resnet"]
 
 
 class BasicBlock(nn.Module):
@@ -86,6 +86,22 @@ def resnet18(num_classes: int = 1000) -> ResNet:
 
 def resnet34(num_classes: int = 1000) -> ResNet:
     return ResNet((3, 4, 6, 3), num_classes)
+
+
+def dilate_resnet(net: ResNet) -> ResNet:
+    """Replace the strides of ``layer3`` and ``layer4`` by dilation (2 and 4), in place: the
+    DeepLab / FCN output stride 8 of torchvision's ``replace_stride_with_dilation=[False, True,
+    True]``, with the same parameter names and shapes (so the same weights load)."""
+    dilation = 1
+    for name in ("layer3", "layer4"):
+        previous, dilation = dilation, dilation * 2
+        for j, block in enumerate(getattr(net, name)):
+            d1 = previous if j == 0 else dilation
+            block.conv1.stride, block.conv1.dilation, block.conv1.padding = (1, 1), (d1, d1), (d1, d1)
+            block.conv2.dilation, block.conv2.padding = (dilation, dilation), (dilation, dilation)
+            if block.downsample is not None:
+                block.downsample[0].stride = (1, 1)
+    return net
 
 
 _BACKBONES = {"resnet18": resnet18, "resnet34": resnet34}

@@ -74,10 +74,12 @@ def _write_maps(maps: list[SlideMap], path: Path) -> None:
     names = []
     for i, m in enumerate(maps):
         key = f"map_{i:03d}"  # map names may hold '/' or spaces; the name lives in attrs
-        data = np.ascontiguousarray(m.data)
+        data = m.data if _is_lazy(m.data) else np.ascontiguousarray(m.data)
         chunks = tuple(min(s, 1024) if d >= data.ndim - 2 else 1 for d, s in enumerate(data.shape))
         arr = group.create_array(key, shape=data.shape, dtype=data.dtype, chunks=chunks or None)
-        if data.size:
+        if _is_lazy(data):  # a zarr / dask label map of a whole slide: copied block by block
+            _copy_blocks(data, arr)
+        elif data.size:
             arr[...] = data
         arr.attrs.update(
             _jsonable(
@@ -98,6 +100,25 @@ def _write_maps(maps: list[SlideMap], path: Path) -> None:
     group.attrs.update({"maps": names, "format_version": FORMAT_VERSION})
 
 
+def _is_lazy(data) -> bool:
+    """A zarr or dask array (kept on disk / lazy), not an in-memory numpy array."""
+    return not isinstance(data, np.ndarray) and hasattr(data, "shape") and hasattr(data, "dtype")
+
+
+def _copy_blocks(src, dst, block: int = 4096) -> None:
+    """Copy a 2-D array-like into ``dst`` in ``block``-square pieces (bounded memory)."""
+    rows, cols = src.shape[-2:]
+    for r in range(0, rows, block):
+        for c in range(0, cols, block):
+            piece = np.asarray(src[..., r : r + block, c : c + block])
+            if piece.any():
+                dst[..., r : r + block, c : c + block] = piece
+
+
+#: label maps above this many pixels stay on disk when a result is loaded
+LAZY_PIXELS = 2**24
+
+
 def _read_maps(path: Path) -> list[SlideMap]:
     import zarr
 
@@ -112,7 +133,7 @@ def _read_maps(path: Path) -> list[SlideMap]:
         out.append(
             SlideMap(
                 name=a["name"],
-                data=np.asarray(arr[...]),
+                data=arr if a["kind"] == "labels" and arr.size > LAZY_PIXELS else np.asarray(arr[...]),
                 cell_size=_pair(a["cell_size"]),
                 origin=tuple(float(v) for v in a["origin"]),
                 kind=a["kind"],
