@@ -197,7 +197,7 @@ def test_image_mask_pairs_with_a_binary_mask_give_two_classes(tmp_path):
     classes, binary = find_classes(tmp_path, items, [(300, 200)])
     assert classes == ("background", "foreground") and binary
     cfg = RAZNConfig(mpp=2.0, tile_px=32, classes=classes, encoder="small")
-    src = open_sources(tmp_path, cfg, binary=binary, n_classes=2)[0]
+    src = open_sources(items, cfg, binary=binary, n_classes=2)[0]
     try:
         assert src.mpp0 == 1.0  # no pixel size in the file: the finest scale (mpp / r)
         assert src.labels.shape == (200, 300) and set(np.unique(src.labels)) == {0, 1}

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import coords
-from .results import InferenceResult, SlideBoxes, SlideLines, SlideMap, SlidePoints
+from .results import InferenceResult, SlideBoxes, SlideLines, SlideMap, SlidePoints, is_lazy_array
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 
@@ -251,7 +251,7 @@ def shapes_to_level0(
 def map_to_layer_data(m: SlideMap, mpp: Sequence[float] | None = None) -> LayerDataTuple:
     """A :class:`SlideMap` as an image (heatmap, or a (C, rows, cols) stack) or labels layer
     (a zarr / dask label map of a whole slide stays lazy)."""
-    lazy = m.kind == "labels" and not isinstance(m.data, np.ndarray) and hasattr(m.data, "dtype")
+    lazy = m.kind == "labels" and is_lazy_array(m.data)
     data = m.data if lazy else np.asarray(m.data)
     scale, translate = coords.grid_transform(m.cell_size, m.origin, mpp)
     scale, translate = _pad_transform(scale, translate, data.ndim)

@@ -12,6 +12,12 @@ from typing import Any
 import numpy as np
 
 
+def is_lazy_array(data) -> bool:
+    """A zarr / dask array (on disk or lazy), not an in-memory numpy array: a whole-slide label
+    map that is copied and shown block by block, never read whole."""
+    return not isinstance(data, np.ndarray) and hasattr(data, "shape") and hasattr(data, "dtype")
+
+
 @dataclass
 class SlideMap:
     """A regular map over the slide: scalar heatmap (rows, cols), stack (C, rows, cols) or labels.

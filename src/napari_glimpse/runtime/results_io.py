@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import GlimpseError
-from ..results import InferenceResult, SlideBoxes, SlideLines, SlideMap, SlidePoints
+from ..results import InferenceResult, SlideBoxes, SlideLines, SlideMap, SlidePoints, is_lazy_array
 
 FORMAT_VERSION = 1
 _MAPS = "maps.zarr"
@@ -74,10 +74,10 @@ def _write_maps(maps: list[SlideMap], path: Path) -> None:
     names = []
     for i, m in enumerate(maps):
         key = f"map_{i:03d}"  # map names may hold '/' or spaces; the name lives in attrs
-        data = m.data if _is_lazy(m.data) else np.ascontiguousarray(m.data)
+        data = m.data if is_lazy_array(m.data) else np.ascontiguousarray(m.data)
         chunks = tuple(min(s, 1024) if d >= data.ndim - 2 else 1 for d, s in enumerate(data.shape))
         arr = group.create_array(key, shape=data.shape, dtype=data.dtype, chunks=chunks or None)
-        if _is_lazy(data):  # a zarr / dask label map of a whole slide: copied block by block
+        if is_lazy_array(data):  # a zarr / dask label map of a whole slide: copied block by block
             _copy_blocks(data, arr)
         elif data.size:
             arr[...] = data
@@ -98,11 +98,6 @@ def _write_maps(maps: list[SlideMap], path: Path) -> None:
         )
         names.append(key)
     group.attrs.update({"maps": names, "format_version": FORMAT_VERSION})
-
-
-def _is_lazy(data) -> bool:
-    """A zarr or dask array (kept on disk / lazy), not an in-memory numpy array."""
-    return not isinstance(data, np.ndarray) and hasattr(data, "shape") and hasattr(data, "dtype")
 
 
 def _copy_blocks(src, dst, block: int = 4096) -> None:

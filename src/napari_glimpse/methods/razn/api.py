@@ -89,11 +89,10 @@ def segment_fields(net, cfg: RAZNConfig, fields, mode: str, device, *, rng=None,
                 break
             zoom = np.zeros(len(tiles), bool)
             p = np.full(len(tiles), np.nan)
-            x_all = images
             if level < m and mode != "never":
                 ps = []
                 for k in range(0, len(tiles), batch_size):
-                    ps.append(net.p_tilde(level, to_tensor(x_all[k : k + batch_size], device)).detach().float().cpu())
+                    ps.append(net.p_tilde(level, to_tensor(images[k : k + batch_size], device)).detach().float().cpu())
                 pt = torch.cat(ps)
                 p = pt.numpy().astype(np.float64)
                 zoom = _decide(pt, mode, rng)
@@ -101,7 +100,7 @@ def segment_fields(net, cfg: RAZNConfig, fields, mode: str, device, *, rng=None,
             up = r ** (m - level)
             for k in range(0, len(broken), batch_size):
                 idx = broken[k : k + batch_size]
-                lab = net.segs[level](to_tensor(x_all[idx], device)).detach().argmax(1).to(torch.uint8).cpu().numpy()
+                lab = net.segs[level](to_tensor(images[idx], device)).detach().argmax(1).to(torch.uint8).cpu().numpy()
                 if up > 1:
                     lab = np.repeat(np.repeat(lab, up, 1), up, 2)
                 for j, ti in enumerate(idx):
@@ -246,10 +245,10 @@ def infer(slide, model, config: RAZNInferConfig, region) -> Generator:
     return result
 
 
-def _tile_groups(truth: np.ndarray, t0: int, last: int) -> np.ndarray:
+def _tile_groups(truth: np.ndarray, last: int) -> int:
     """Per x0 tile of a field's truth (finest scale): 0 no last class, 1 border (mixed), 2 all last class."""
     has = truth == last
-    return np.where(has.all(), 2, np.where(has.any(), 1, 0))
+    return 2 if has.all() else int(has.any())
 
 
 def evaluate(data_dir, model, config: RAZNInferConfig, *, limit: int = 0) -> Generator:
@@ -260,20 +259,13 @@ def evaluate(data_dir, model, config: RAZNInferConfig, *, limit: int = 0) -> Gen
     Every image is cut into x0 tiles over tissue; time is the wall time of reading and
     segmenting them (relative to scale 1 measured on the same tiles in the same run).
     """
-    from ...runtime.data import find_annotated
-    from ...slides import open_slide
-    from .data import _label_crop, find_classes, open_sources
+    from .data import discover, label_crop, open_sources
     from .training import confusion_counts, iou_table
 
     net, cfg, device = model.model, model.config, model.device
     net.eval()
-    items = find_annotated(data_dir, mpp=config.image_mpp)
-    dims = []
-    for it in items:
-        with open_slide(it.path) as s:
-            dims.append(s.dimensions)
-    _, binary = find_classes(data_dir, items, dims)
-    sources = open_sources(data_dir, cfg, image_mpp=config.image_mpp, binary=binary, n_classes=cfg.n_classes)
+    items, _, binary = discover(data_dir, config.image_mpp)
+    sources = open_sources(items, cfg, image_mpp=config.image_mpp, binary=binary, n_classes=cfg.n_classes)
     if limit:
         for s in sources[int(limit):]:
             s.close()
@@ -296,7 +288,7 @@ def evaluate(data_dir, model, config: RAZNInferConfig, *, limit: int = 0) -> Gen
                 truth_all = []
                 for k in range(0, len(corners), bs):
                     chunk = corners[k : k + bs]
-                    truth = np.stack([_label_crop(src, x, y, tf) for x, y in chunk])
+                    truth = np.stack([label_crop(src, x, y, tf) for x, y in chunk])
                     truth_all.append(truth)
                     for mode in modes:
                         t0 = time.perf_counter()
@@ -308,7 +300,7 @@ def evaluate(data_dir, model, config: RAZNInferConfig, *, limit: int = 0) -> Gen
                         if mode == config.policy:
                             for d in dec:
                                 if d["level"] == 0:
-                                    g = _tile_groups(truth[d["field"]], tf, last)
+                                    g = _tile_groups(truth[d["field"]], last)
                                     tiles_by_group[g] += 1
                                     zoom_by_group[g] += d["zoom"]
                 yield Progress("evaluate", si + 1, len(sources), f"image {si + 1}/{len(sources)}")

@@ -18,8 +18,8 @@ from ...errors import DatasetError
 from ...runtime.data import AnnotatedImage, find_annotated
 from ...runtime.regions import read_region_at
 
-__all__ = ["AnnotatedSource", "open_sources", "find_classes", "read_field", "field_px", "level0_mpp",
-           "tissue_tiles"]
+__all__ = ["AnnotatedSource", "open_sources", "find_classes", "discover", "read_field", "label_crop", "field_px",
+           "level0_mpp", "tissue_tiles"]
 
 
 def level0_mpp(slide, item: AnnotatedImage | None, finest_mpp: float, image_mpp: float | None = None) -> float:
@@ -56,8 +56,22 @@ def find_classes(folder, items: list[AnnotatedImage], dims: list) -> tuple[tuple
         if len(names) < n:
             raise DatasetError(f"classes.txt names {len(names)} classes, the masks hold values up to {n - 1}",
                                names_file)
-        return tuple(names[: max(n, len(names))]), binary
+        return tuple(names), binary
     return tuple(["background", "foreground"] if binary else [str(v) for v in range(n)]), binary
+
+
+def discover(folder, image_mpp: float | None = None) -> tuple[list[AnnotatedImage], tuple[str, ...], bool]:
+    """The annotated images of ``folder`` (:func:`find_annotated`), their class names and
+    whether their masks are binary 0 / 255: one listing, one low-resolution read per mask."""
+    from ...slides import open_slide
+
+    items = find_annotated(folder, mpp=image_mpp)
+    dims = []
+    for it in items:
+        with open_slide(it.path) as s:
+            dims.append(s.dimensions)
+    classes, binary = find_classes(folder, items, dims)
+    return items, classes, binary
 
 
 @dataclass
@@ -75,16 +89,15 @@ class AnnotatedSource:
         self.slide.close()
 
 
-def open_sources(folder, config, *, image_mpp: float | None = None, binary: bool | None = None,
+def open_sources(items: list[AnnotatedImage], config, *, image_mpp: float | None = None, binary: bool = False,
                  n_classes: int | None = None) -> list[AnnotatedSource]:
-    """Every annotated image of ``folder``, opened, with its labels at the finest scale.
+    """The annotated images (of :func:`discover`), opened, with their labels at the finest scale.
 
     Raises
     ------
     DatasetError
-        No annotated images, or label values the model has no class for.
+        No images, or label values the model has no class for.
     """
-    items = find_annotated(folder, mpp=image_mpp)
     finest = config.mpp / config.zoom_rate ** config.zoom_levels
     out = []
     try:
@@ -107,7 +120,7 @@ def open_sources(folder, config, *, image_mpp: float | None = None, binary: bool
             s.close()
         raise
     if not out:
-        raise DatasetError("no annotated images", folder)
+        raise DatasetError("no annotated images")
     return out
 
 
@@ -116,6 +129,7 @@ def read_field(source: AnnotatedSource, config, x0: float, y0: float, with_label
     and, with labels, label crops of the same sizes (nearest, from the finest labels)."""
     r, m, t = config.zoom_rate, config.zoom_levels, config.tile_px
     fpx = field_px(config, source.mpp0)
+    fine = label_crop(source, x0, y0, t * r ** m) if with_labels else None
     images, labels = [], []
     for i in range(m + 1):
         n = t * r ** i
@@ -123,12 +137,11 @@ def read_field(source: AnnotatedSource, config, x0: float, y0: float, with_label
         images.append(img)
         if with_labels:
             step = r ** (m - i)
-            fine = _label_crop(source, x0, y0, t * r ** m)
             labels.append(fine[step // 2 :: step, step // 2 :: step] if step > 1 else fine)
     return images, labels
 
 
-def _label_crop(source: AnnotatedSource, x0: float, y0: float, n: int) -> np.ndarray:
+def label_crop(source: AnnotatedSource, x0: float, y0: float, n: int) -> np.ndarray:
     lab, ds = source.labels, source.label_ds
     c0, r0 = int(round(x0 / ds)), int(round(y0 / ds))
     out = np.zeros((n, n), np.uint8)

@@ -26,7 +26,7 @@ from ...runtime.events import Progress
 from ...runtime.fit import Trainer, fit
 from ...runtime.regions import to_tensor
 from .config import RAZNConfig
-from .data import field_px, find_classes, open_sources, read_field, tissue_tiles
+from .data import discover, field_px, label_crop, open_sources, read_field, tissue_tiles
 from .model import build_model, split_tiles, tile_ce
 
 __all__ = ["RAZNTrainer", "train", "draw_fields", "level_tiles", "razn_losses", "READ_THREADS", "iou_table", "confusion_counts"]
@@ -105,8 +105,6 @@ def razn_losses(net, xs, ys, config: RAZNConfig, generator=None, decide=None) ->
         weights[i + 1] = weights[i + 1] + a.repeat_interleave(r * r)
         parts[f"zoom_rate{i}"] = float(a.mean())
         parts[f"reward{i}"] = float(reward.mean())
-    if m == 0:
-        weights[0] = torch.ones_like(J[0])
     for i in range(m + 1):
         total = total + (weights[i] * J[i]).mean()
         parts[f"J{i}"] = float(J[i].detach().mean())
@@ -137,22 +135,14 @@ class RAZNTrainer(Trainer):
 
     def setup(self) -> Generator[Progress, None, None]:
         cfg = self.config
-        from ...runtime.data import find_annotated
-        from ...slides import open_slide
-
-        items = find_annotated(self.train_dir)
-        dims = []
-        for it in items:
-            with open_slide(it.path) as s:
-                dims.append(s.dimensions)
-        classes, self.binary = find_classes(self.train_dir, items, dims)
+        items, classes, self.binary = discover(self.train_dir)
         if not cfg.classes:
             cfg.classes = classes
         self.classes = tuple(cfg.classes)
         yield Progress("setup", 0, 1, f"{len(items)} training images, classes {', '.join(cfg.classes)}")
-        self.sources = open_sources(self.train_dir, cfg, binary=self.binary, n_classes=cfg.n_classes)
+        self.sources = open_sources(items, cfg, binary=self.binary, n_classes=cfg.n_classes)
         self.tiles = [tissue_tiles(s.slide, field_px(cfg, s.mpp0)) for s in self.sources]
-        self.val_sources = (open_sources(self.val_dir, cfg, binary=self.binary, n_classes=cfg.n_classes)
+        self.val_sources = (open_sources(discover(self.val_dir)[0], cfg, binary=self.binary, n_classes=cfg.n_classes)
                             if self.val_dir is not None else [])
         if self.val_sources:
             vt = [tissue_tiles(s.slide, field_px(cfg, s.mpp0)) for s in self.val_sources]
@@ -210,8 +200,8 @@ class RAZNTrainer(Trainer):
         with torch.no_grad():
             for k in range(0, len(self.val_fields), bs):
                 batch = self.val_fields[k : k + bs]
-                _, ys = read_batch(self.val_sources, batch, cfg, self.pool)
-                truth = ys[-1].numpy()
+                tf = cfg.tile_px * cfg.zoom_rate ** cfg.zoom_levels
+                truth = np.stack([label_crop(self.val_sources[s], x, y, tf) for s, x, y in batch])
                 for mode in cms:
                     labels, dec, _ = segment_fields(self.model, cfg, [(self.val_sources[s], x, y) for s, x, y in batch],
                                                     mode, self.device, pool=self.pool)
