@@ -2,7 +2,8 @@
 
 What is claimed (anything else gets ``None`` so napari can ask another reader):
 
-- a slide (``.svs .tif .tiff .ome.tif .ndpi .ptif .btf .png .jpg .jpeg``) -> one lazy,
+- a slide (``.svs .tif .tiff .ome.tif .ndpi .ptif .btf .png .jpg .jpeg``, a DICOM ``.dcm``
+  or a folder of DICOM files) -> one lazy,
   multiscale RGB image layer in microns (:func:`napari_glimpse.layers.slide_to_layer_data`);
   a ``<stem>.mask.tif`` ground-truth mask beside a mosaic slide opens as a Labels layer;
 - an annotation file (``.geojson``, or ``.xml`` holding ``<Annotation``) -> a Shapes layer;
@@ -28,7 +29,7 @@ from ..errors import GlimpseError
 
 SLIDE_SUFFIXES = (
     ".svs", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".ndpi", ".ptif", ".btf",
-    ".png", ".jpg", ".jpeg",
+    ".png", ".jpg", ".jpeg", ".dcm",
 )  # fmt: skip
 ANNOTATION_SUFFIXES = (".geojson", ".xml")
 MASK_SUFFIX = ".mask.tif"
@@ -44,7 +45,11 @@ def napari_get_reader(path):
     p = os.fspath(path)
     lower = p.lower()
     if os.path.isdir(p):
-        return read_result_folder if os.path.isfile(os.path.join(p, "summary.json")) else None
+        if os.path.isfile(os.path.join(p, "summary.json")):
+            return read_result_folder
+        from ..slides._dicom import dicom_files
+
+        return read_slide if dicom_files(p) else None  # a DICOM whole-slide file set
     if lower.endswith(MASK_SUFFIX):
         return read_mask
     if lower.endswith(".geojson"):

@@ -10,7 +10,7 @@ from ..errors import GlimpseError
 
 # module name -> each module defines ``add_parsers(subparsers)``; every sub-command sets
 # ``func(args) -> int`` with ``set_defaults``.
-_COMMAND_MODULES = ["slides", "mosaic", "models", "view", "infer", "features"]
+_COMMAND_MODULES = ["slides", "mosaic", "models", "view", "infer", "features", "export", "compare"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,6 +30,11 @@ def add_parsers(subparsers) -> None:
         m.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
         m.add_argument("--threads", type=int, help="torch CPU threads")
         m.add_argument("--quiet", action="store_true", help="no progress on stderr")
+        m.add_argument("--scheduler", metavar="local:N|ADDRESS|serial",
+                       help="run the slides as a cohort on Dask distributed: local:N starts N local "
+                            "workers, an address (tcp://host:8786) uses that cluster, serial runs them "
+                            "here; complete results are skipped, failures are reported in DIR/cohort.csv "
+                            "and the other slides go on")
         names = add_config_flags(m, spec.infer_config_cls)
         m.set_defaults(func=infer_cmd, config_flags=names)
 
@@ -40,6 +45,8 @@ def infer_cmd(args) -> int:
     from ._method_flags import load_for
     from ._progress import drive
 
+    if args.scheduler:
+        return _cohort(args)
     spec, model, config = load_for(args)
     out = Path(args.out)
     for path in args.slides:
@@ -52,3 +59,23 @@ def infer_cmd(args) -> int:
                           "seconds": round(float(s["seconds"]), 3), "patches_read": s["patches_read"],
                           "pixels_read": s["pixels_read"]}), flush=True)
     return 0
+
+
+def _cohort(args) -> int:
+    import sys
+
+    from ..runtime.cohort import run_cohort
+    from ._method_flags import collect
+
+    def show(row, done, total):
+        print(json.dumps(row), flush=True)
+        if not args.quiet:
+            print(f"[cohort {done}/{total}] {row['status']}: {row['slide']}", file=sys.stderr, flush=True)
+
+    rows = run_cohort(args.method, args.slides, args.out, checkpoint=args.checkpoint,
+                      device=args.device, overrides=collect(args, args.config_flags),
+                      region=args.region, scheduler=args.scheduler, threads=args.threads, on_row=show)
+    failed = [r for r in rows if r["status"] == "failed"]
+    print(f"cohort: {len(rows) - len(failed)} of {len(rows)} slides done or skipped, {len(failed)} failed; "
+          f"table in {Path(args.out) / 'cohort.csv'}", file=sys.stderr)
+    return 1 if failed else 0

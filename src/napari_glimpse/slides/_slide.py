@@ -291,7 +291,8 @@ def open_slide(path: str | os.PathLike, mpp: float | tuple[float, float] | None 
     """Open a whole-slide image lazily (reads metadata only).
 
     Supports Aperio SVS, OME-TIFF, Hamamatsu NDPI, generic tiled / pyramidal TIFF and
-    BigTIFF, and plain images (PNG, JPEG, non-pyramidal TIFF) whose coarser levels are
+    BigTIFF, DICOM whole-slide images (a folder of DICOM files, or one of its files; read
+    with wsidicom), and plain images (PNG, JPEG, non-pyramidal TIFF) whose coarser levels are
     computed on demand.
 
     Parameters
@@ -325,17 +326,24 @@ def open_slide(path: str | os.PathLike, mpp: float | tuple[float, float] | None 
     if not os.path.exists(path):
         raise SlideError("no such file", path)
     if os.path.isdir(path):
-        raise SlideError("is a directory, not a slide file", path)
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as fh:
-            magic = fh.read(8)
-    except OSError as exc:
-        raise SlideError(f"cannot read the file ({exc.strerror or exc})", path) from exc
-    if size == 0:
-        raise SlideError("the file is empty (0 bytes)", path)
+        from ._dicom import dicom_files
 
-    if magic[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        if not dicom_files(path):
+            raise SlideError("is a directory, not a slide file (nor a folder of DICOM files)", path)
+        magic = b""
+    else:
+        try:
+            size = os.path.getsize(path)
+            with open(path, "rb") as fh:
+                magic = fh.read(132)
+        except OSError as exc:
+            raise SlideError(f"cannot read the file ({exc.strerror or exc})", path) from exc
+        if size == 0:
+            raise SlideError("the file is empty (0 bytes)", path)
+
+    if not magic or magic[128:132] == b"DICM":
+        from ._dicom import DicomBackend as backend_cls
+    elif magic[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         from ._tiff import TiffBackend as backend_cls
     else:
         from ._plain import PlainBackend as backend_cls
