@@ -9,8 +9,8 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[all,testing]"
 # napari needs an X server with OpenGL for screenshots and GUI tests: xvfb, plus the xcb
-# (libturbojpeg0: wsidicomizer, which makes the test DICOM)
 # libraries Qt's xcb platform plugin loads (missing ones abort Qt with "could not load xcb").
+# libturbojpeg0: wsidicomizer, which makes the test DICOM.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   pkgs="xvfb xauth libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0
         libxcb-xinerama0 libxcb-xkb1 libxkbcommon-x11-0 libxcb-shape0 libxcb-xfixes0

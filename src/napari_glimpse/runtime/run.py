@@ -84,6 +84,8 @@ def run_inference(spec, slide, model, config=None, region: Sequence[float] | Non
     apply_call(spec, result, config)
     summary.update(method=spec.name, seconds=time.perf_counter() - t0, device=model.device,
                    checkpoint=model.checkpoint)
+    if region is not None:  # what was processed, for every method (some record their own)
+        summary.setdefault("region", [int(v) for v in region])
     summary["evidence"] = [list(map(float, p)) for p in summary["evidence"]][:MAX_EVIDENCE]
     result.slide_score = summary["slide_score"]
     return result
