@@ -80,8 +80,7 @@ def test_broken_dicom_is_a_clear_error(tmp_path, dicom_dir):
     broken.mkdir()
     biggest = max(dicom_dir.iterdir(), key=lambda p: p.stat().st_size)
     (broken / "x.dcm").write_bytes(biggest.read_bytes()[:3000])
-    with pytest.raises(SlideError) as err:
-        with open_slide(broken) as s:
-            s.read_region((0, 0), 0, (512, 512))
+    with pytest.raises(SlideError) as err, open_slide(broken) as s:
+        s.read_region((0, 0), 0, (512, 512))
     assert str(broken) in str(err.value)
     assert os.listdir(broken) == ["x.dcm"]  # nothing written beside it

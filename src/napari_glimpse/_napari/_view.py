@@ -443,19 +443,28 @@ class _ModelJob:
         entry["truth"] = truth_check(r, *self.truth)
 
     def show_only(self, method: str | None, all_methods: bool = False) -> list[str]:
-        """Show the slide, the truth (as an outline under a method) and one method's layers."""
+        """Show the slide, the truth (as an outline under a method) and one method's layers
+        (the glimpse tree with the Q map of its first glimpse)."""
         from ..layers import META_KIND
 
         mine = {id(lyr) for m, lys in self.layers.items() for lyr in lys
                 if all_methods or m == method}
         ours = {id(lyr) for lys in self.layers.values() for lyr in lys}
+        # under one method, the Q map of its first glimpse: what the policy saw there
+        q_maps = [lyr for lyr in self.layers.get(method, [])
+                  if (lyr.metadata or {}).get("glimpse_role") == "q_map"] if method else []
+        first_q = min(q_maps, key=lambda lyr: int(lyr.metadata.get("node_id", 1 << 30)), default=None)
         for lyr in self.viewer.layers:
             if id(lyr) in ours:
                 q_map = (lyr.metadata or {}).get("glimpse_role") == "q_map"
-                lyr.visible = id(lyr) in mine and not q_map
+                lyr.visible = id(lyr) in mine and (not q_map or lyr is first_q)
             elif (lyr.metadata or {}).get(META_KIND) == "mask":
                 lyr.visible = True
-                lyr.contour = 0 if method is None else 3  # outline: keep the overlay readable
+                # under one method: a bright outline on top, so the overlay stays readable
+                lyr.contour = 0 if method is None else 4
+                lyr.opacity = 0.5 if method is None else 1.0
+                if method is not None:
+                    self.viewer.layers.move(self.viewer.layers.index(lyr), len(self.viewer.layers))
         return [lyr.name for lyr in self.viewer.layers if lyr.visible]
 
 

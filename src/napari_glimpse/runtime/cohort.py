@@ -227,7 +227,7 @@ def run_cohort(method: str, slides: Sequence[str | os.PathLike], out: str | os.P
 
     for i in sorted(rows):
         record(i, rows[i])
-    args = dict(checkpoint=ckpt, device=device, overrides=overrides, region=region)
+    args = {"checkpoint": ckpt, "device": device, "overrides": overrides, "region": region}
     if scheduler == "serial":
         for i in todo:
             record(i, infer_one(spec.name, slides[i], str(targets[i]), threads=threads, **args))

@@ -9,6 +9,7 @@ files, and the dask levels read one chunk at a time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -82,11 +83,8 @@ class DicomBackend:
         self._tile = (int(tile.height), int(tile.width))
         self.properties = {"glimpse.format": "dicom", "dicom.levels": len(stored),
                            "dicom.tile_size": f"{tile.width}x{tile.height}"}
-        for key, attr in (("dicom.study_instance_uid", "uids"),):
-            try:
-                self.properties[key] = str(getattr(wsi, attr).study_instance)
-            except Exception:  # metadata is optional; pixels are what matter
-                pass
+        with contextlib.suppress(Exception):  # metadata is optional; pixels are what matter
+            self.properties["dicom.study_instance_uid"] = str(wsi.uids.study_instance)
         self.associated = {}
         for name, reader, present in (("label", wsi.read_label, wsi.labels),
                                       ("macro", wsi.read_overview, wsi.overviews)):

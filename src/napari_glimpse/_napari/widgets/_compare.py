@@ -4,11 +4,13 @@ together; the HTML report saved on request."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, Select
 
 from ...calls import call_text
+from ...errors import GlimpseError
 from ...layers import META_SLIDE, META_SLIDE_OBJECT, result_to_layers
 from . import _methods
 from ._common import (
@@ -109,10 +111,8 @@ class CompareWidget(WorkerControls, Container):
             models = {}
             for name in methods:  # loaded (once, cached) in the worker, not on the GUI thread
                 spec = _methods.get_spec(name)
-                try:
+                with contextlib.suppress(GlimpseError):  # no shipped weights: compare() records it
                     models[name] = self.models.get(spec, None, device)
-                except Exception:  # no shipped weights: compare() records the error
-                    pass
             return (yield from compare(slide, methods, region, device, models=models))
 
         def on_result(comp):
