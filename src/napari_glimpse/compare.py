@@ -18,7 +18,6 @@ import base64
 import html
 import json
 import os
-import tempfile
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .annotations._types import atomic_write_text
 from .errors import GlimpseError
 from .results import InferenceResult, is_lazy_array
 from .runtime.events import Progress
@@ -268,17 +268,6 @@ Yellow rings: evidence points; green line: the ground truth beside a mosaic.</p>
 """
 
 
-def _atomic(data: str | bytes, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_comparison(comp: Comparison, out_dir: str | os.PathLike) -> Path:
     """Write the result folders, ``compare.json``, the thumbnails and ``report.html``; returns the report."""
     from .runtime.results_io import _jsonable, save_result
@@ -301,7 +290,7 @@ def save_comparison(comp: Comparison, out_dir: str | os.PathLike) -> Path:
         _overlay_png(comp.results[name], backdrop, extent, truth, png, title)
         thumbs[name] = base64.b64encode(png.read_bytes()).decode()
     doc = {"slide": comp.slide, "region": comp.region, "patch_px": comp.patch_px, "rows": rows, "errors": comp.errors}
-    _atomic(json.dumps(_jsonable(doc), indent=2) + "\n", out / "compare.json")
+    atomic_write_text(out / "compare.json", json.dumps(_jsonable(doc), indent=2) + "\n")
     report = out / "report.html"
-    _atomic(_html(comp, rows, thumbs), report)
+    atomic_write_text(report, _html(comp, rows, thumbs))
     return report

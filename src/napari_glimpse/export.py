@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .annotations._types import atomic_write_text
 from .errors import GlimpseError
 from .results import InferenceResult, SlideMap, is_lazy_array
 
@@ -180,22 +181,11 @@ def _validate(doc: dict) -> None:
         raise RuntimeError(f"exported GeoJSON is not valid: {exc}") from exc
 
 
-def _atomic_text(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_qupath_geojson(result: InferenceResult, path: str | os.PathLike) -> Path:
     """Write :func:`to_qupath` of ``result`` to ``path`` (temporary file, then rename)."""
     path = Path(path)
-    _atomic_text(json.dumps(to_qupath(result)) + "\n", path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(to_qupath(result)) + "\n")
     return path
 
 

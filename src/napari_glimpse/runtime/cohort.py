@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..annotations._types import atomic_write_text
 from ..errors import GlimpseError
 
 __all__ = ["run_cohort", "COLUMNS", "read_cohort"]
@@ -145,9 +146,7 @@ def write_cohort_csv(rows: Sequence[Mapping], path: Path) -> None:
     w.writeheader()
     for r in rows:
         w.writerow({k: "" if r.get(k) is None else r.get(k) for k in COLUMNS})
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write_text(path, buf.getvalue())
 
 
 def read_cohort(path: str | os.PathLike) -> list[dict]:

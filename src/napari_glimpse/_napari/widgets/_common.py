@@ -87,6 +87,15 @@ class WorkerControls:
         if worker is not None:
             abandon(worker)
 
+    def _on_error(self, exc) -> None:
+        self.status.value = "failed"
+        notify_error(exc)
+
+    def _on_finished(self) -> None:
+        """After a result, an error or a cancel: the widget takes new work again."""
+        self.worker = None
+        self._set_running(False)
+
     def cancel(self, _=None) -> None:
         """Stop at the next yield: the generators yield per batch (training keeps the last
         saved epoch)."""

@@ -137,14 +137,6 @@ class CompareWidget(WorkerControls, Container):
         self.progress.value = min(int(ev.done), self.progress.max)
         self.status.value = f"{ev.stage} {ev.done}/{ev.total} {ev.message}".strip()
 
-    def _on_error(self, exc) -> None:
-        self.status.value = "failed"
-        notify_error(exc)
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self._set_running(False)
-
     def _set_running(self, running: bool) -> None:
         self.run_button.enabled = not running
         self.cancel_button.enabled = running

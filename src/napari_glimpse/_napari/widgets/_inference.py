@@ -244,14 +244,6 @@ class InferenceWidget(WorkerControls, Container):
             self._pbar.n = int(ev.done)
             self._pbar.refresh()
 
-    def _on_error(self, exc) -> None:
-        self.status.value = "failed"
-        notify_error(exc)
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self._set_running(False)
-
     def _set_running(self, running: bool, what: str = "") -> None:
         self.run_button.enabled = not running
         self.cancel_button.enabled = running

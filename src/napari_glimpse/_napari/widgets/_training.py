@@ -164,14 +164,6 @@ class TrainingWidget(WorkerControls, Container):
             if isinstance(value, (int, float)) and value == value:  # NaN AUC: one class seen
                 self.curves.add_point(name, len(self.curves.series.get(name, ())) + 1, value)
 
-    def _on_error(self, exc) -> None:
-        self.status.value = "failed"
-        notify_error(exc)
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self._set_running(False)
-
     def _set_running(self, running: bool) -> None:
         self.start_button.enabled = not running
         self.resume_button.enabled = not running
