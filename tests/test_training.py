@@ -190,16 +190,6 @@ def test_torchrun_two_processes_share_each_batch(folders, tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["m.last.safetensors", "m.safetensors"]
 
 
-def test_glimpse_tree_training_refuses_torchrun(monkeypatch, tmp_path):
-    from napari_glimpse.errors import GlimpseError
-    from napari_glimpse.methods.glimpse_tree.training import train as train_tree
-
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
-    with pytest.raises(GlimpseError, match="one process"):
-        next(train_tree(tmp_path, tmp_path / "m.safetensors"))
-
-
 def test_keep_freed_memory_sets_glibc_thresholds_and_can_be_turned_off(monkeypatch):
     import sys
 

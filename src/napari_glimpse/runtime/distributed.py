@@ -9,12 +9,16 @@ more it joins the process group (NCCL on CUDA, Gloo on CPU), and the training lo
 * splits every global batch of ``batch_size`` patches between the ranks (rank ``r`` takes
   patches ``r, r + N, ...`` of the batch), so the effective batch and learning-rate schedule
   do not depend on N and every patch is used once per epoch across the ranks,
-* averages gradients through :class:`torch.nn.parallel.DistributedDataParallel`,
+* averages gradients through :class:`torch.nn.parallel.DistributedDataParallel` (patch
+  batches, equal shares), or, for a trainer whose unit is a slide or a tree level (uneven
+  shares, a rank with nothing to do in a step), sums them itself with
+  :meth:`DistContext.sync_grads`, so that N ranks take the same steps as one process,
 * validates and writes checkpoints on rank 0 only (the other ranks never touch ``out``).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 from collections.abc import Iterator
@@ -60,6 +64,75 @@ class DistContext:
         if self.enabled:
             torch.distributed.barrier()
 
+    def _on_backend(self, t: torch.Tensor) -> torch.Tensor:
+        return t.cuda() if torch.distributed.get_backend() == "nccl" and not t.is_cuda else t
+
+    def sync_grads(self, model: torch.nn.Module) -> None:
+        """Sum the gradients of ``model`` over the ranks (no-op with one process).
+
+        Each rank backpropagates its share of a step's losses, each scaled by ``1 / (items in
+        the whole step)``: the sum is then the gradient one process would have for the step. A
+        parameter with a gradient on some rank only (a rank with no item, or a tree level that
+        another rank owns) gets the others' gradient; one with a gradient on no rank keeps None,
+        so the optimiser skips it as it would in one process.
+        """
+        if not self.enabled:
+            return
+        params = [p for p in model.parameters() if p.requires_grad]
+        have = self._on_backend(torch.tensor([p.grad is not None for p in params], dtype=torch.int32))
+        torch.distributed.all_reduce(have)
+        live = [p for p, h in zip(params, have.tolist(), strict=True) if h]
+        for p in live:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        by_kind: dict = {}
+        for p in live:
+            by_kind.setdefault((p.grad.dtype, p.grad.device), []).append(p.grad)
+        for grads in by_kind.values():
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            on = self._on_backend(flat)
+            torch.distributed.all_reduce(on)
+            flat = on.to(flat.device)
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+
+    def broadcast_module(self, model: torch.nn.Module, src: int = 0) -> None:
+        """Give every rank rank ``src``'s parameters and buffers (no-op with one process)."""
+        if not self.enabled:
+            return
+        with torch.no_grad():
+            for t in list(model.parameters()) + list(model.buffers()):
+                on = self._on_backend(t.data)
+                torch.distributed.broadcast(on, src)
+                if on is not t.data:
+                    t.data.copy_(on)
+
+    def check_in_step(self, model: torch.nn.Module) -> None:
+        """Raise RuntimeError unless every rank holds the same weights (one checksum per rank)."""
+        if not self.enabled:
+            return
+        with torch.no_grad():
+            total = sum(float(p.double().sum()) for p in model.parameters())
+        spread = self._on_backend(torch.tensor([total, -total], dtype=torch.float64))
+        torch.distributed.all_reduce(spread, op=torch.distributed.ReduceOp.MAX)
+        hi, lo = float(spread[0]), -float(spread[1])
+        if hi - lo > 1e-9 * (1.0 + abs(hi)):
+            raise RuntimeError(f"the torchrun ranks' weights have diverged (checksums {lo!r} to {hi!r}): "
+                               "a training step took different gradients on different ranks")
+
+    def average_buffers(self, model: torch.nn.Module) -> None:
+        """Average the floating-point buffers (batch-norm running statistics) over the ranks."""
+        if not self.enabled:
+            return
+        with torch.no_grad():
+            for b in model.buffers():
+                if b.is_floating_point():
+                    on = self._on_backend(b.data.clone())
+                    torch.distributed.all_reduce(on)
+                    b.data.copy_(on.to(b.device) / self.world_size)
+
 
 def from_env(environ=None) -> DistContext:
     """The torchrun variables of this process; rank 0 of 1 when they are absent."""
@@ -84,8 +157,8 @@ def is_main_process() -> bool:
 def process_group(device: torch.device) -> Iterator[tuple[DistContext, torch.device]]:
     """Join the torchrun process group for the duration (no-op for one process).
 
-    Yields the context and the device this rank trains on. The group is left when the block
-    ends, also when a cancelled training generator is closed.
+    Yields the context and the device this rank trains on. The group is joined on first use and
+    left when the process exits.
     """
     ctx = from_env()
     if not ctx.enabled:
@@ -96,11 +169,15 @@ def process_group(device: torch.device) -> Iterator[tuple[DistContext, torch.dev
     if device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
-    already = torch.distributed.is_initialized()
-    if not already:
+    if not torch.distributed.is_initialized():
+        # joined once per process and left at exit: a second training in the same process (a
+        # notebook, a script training several models) reuses it, since rejoining the same
+        # rendezvous after leaving fails on Gloo
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        yield ctx, device
-    finally:
-        if not already:
-            torch.distributed.destroy_process_group()
+        atexit.register(_leave)
+    yield ctx, device
+
+
+def _leave() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -64,8 +64,14 @@ class Trainer:
         Seed of every random draw of the run.
     """
 
-    #: whether the model may be wrapped in DistributedDataParallel (fit refuses torchrun otherwise)
+    #: whether the trainer runs under torchrun (fit refuses torchrun otherwise)
     supports_ddp: bool = False
+    #: under torchrun, True: fit wraps the model in DistributedDataParallel (equal shares of a
+    #: patch batch); False: the trainer splits each step's items itself and sums the gradients
+    #: with ``ctx.sync_grads(model)`` before every optimiser step (slides, fields or tree levels:
+    #: shares that may be uneven or empty), and fit averages the batch-norm statistics after
+    #: each epoch
+    ddp_wrap: bool = True
     #: class names stored in the checkpoint header
     classes: tuple[str, ...] = ("normal", "tumour")
 
@@ -187,8 +193,9 @@ def fit(
 
     Yields ``"resume"`` once when resuming and ``"epoch"`` after every epoch, with the epoch's
     record (``train_loss``, ``val_auc``, ...) as metrics, between the trainer's own events.
-    Under ``torchrun`` (a trainer with ``supports_ddp``) every rank trains through
-    DistributedDataParallel and rank 0 alone validates and writes.
+    Under ``torchrun`` (a trainer with ``supports_ddp``) every rank trains on its share of each
+    step (through DistributedDataParallel, or the trainer's own gradient sums) and rank 0 alone
+    validates and writes.
 
     Raises
     ------
@@ -237,15 +244,20 @@ def _loop(method, trainer: Trainer, out: Path, last: Path, resuming: bool, init,
         yield Progress("resume", start, config.epochs, f"resumed from {last} at epoch {start}")
 
     net = model  # what the training steps call: the DDP wrapper under torchrun
-    if ctx.enabled:
+    if ctx.enabled and trainer.ddp_wrap:
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    elif ctx.enabled:
+        ctx.broadcast_module(model)  # every rank starts from rank 0's weights
 
     summary = {**trainer.data_summary(), "seed": seed, "device": str(dev), "world_size": ctx.world_size,
                "init": str(init) if init is not None else None}
     for epoch in range(start, config.epochs):
         record = yield from trainer.train_epoch(epoch, net)
+        if ctx.enabled and not trainer.ddp_wrap:
+            ctx.check_in_step(model)
+            ctx.average_buffers(model)
         record = {"epoch": epoch + 1, **record}
         title = f"epoch {epoch + 1}/{config.epochs}{trainer.epoch_note(record)}"
         if not ctx.is_main:  # rank 0 validates and writes; the others go on to the next epoch

@@ -76,11 +76,17 @@ def _tensors(features: np.ndarray, tissue: np.ndarray, device):
 class AttentionGridTrainer(Trainer):
     """Grid attention on folders of slides with a labels file (``config.labels``).
 
+    Under torchrun the slides of every optimiser step are split between the ranks (see
+    :meth:`train_epoch`); rank 0 alone reads the validation slides.
+
     Reads ``task, labels, encoder, patch_px, mpp, tissue_min, feature_cache, epochs, lr,
     weight_decay, accumulate, augment`` and the network fields; sets ``feature_dim``,
     ``target_mean`` / ``target_std`` (regression) and ``slide_threshold`` (classification, by ``threshold_rule``, per
     validation) on the config the checkpoints store.
     """
+
+    supports_ddp = True
+    ddp_wrap = False
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -90,7 +96,11 @@ class AttentionGridTrainer(Trainer):
         cfg = self.config
         params = grids.GridParams.from_config(cfg)
         train_items = labelled_slides(self.train_dir, cfg)
-        val_items = labelled_slides(self.val_dir, cfg) if self.val_dir is not None else []
+        val_items = labelled_slides(self.val_dir, cfg) if self.val_dir is not None and self.ctx.is_main else []
+        if self.ctx.enabled and params.cache_arg() is not False:
+            # each rank encodes its share of the slides into the feature cache; then all read all
+            yield from load_grids(self.ctx.shard(train_items), params, self.device, "training (this rank's share)")
+            self.ctx.barrier()
         self.train_grids = yield from load_grids(train_items, params, self.device, "training")
         self.val_grids = (yield from load_grids(val_items, params, self.device, "validation")) or None
         dims = {g.features.shape[2] for g in self.train_grids + (self.val_grids or [])}
@@ -122,27 +132,31 @@ class AttentionGridTrainer(Trainer):
         return F.mse_loss(out[0], torch.tensor(target, dtype=out.dtype, device=out.device))
 
     def train_epoch(self, epoch: int, net) -> Generator[Progress, None, dict]:
-        cfg, data = self.config, self.train_grids
+        cfg, ctx, data = self.config, self.ctx, self.train_grids
         t0 = time.time()
-        rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(len(data))
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(data))
         self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for j, i in enumerate(order):
-            g = data[i]
-            f, t = grids.augment_grid(g.features, g.tissue, rng) if cfg.augment else (g.features, g.tissue)
-            loss = self._loss(net(*_tensors(f, t, self.device))["out"], g.label)
-            group_start = j - j % cfg.accumulate
-            group = min(cfg.accumulate, len(order) - group_start)
-            (loss / group).backward()
-            if j + 1 == group_start + group:
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            total += loss.item()
-            yield Progress("train", j + 1, len(order), f"epoch {epoch + 1}/{cfg.epochs}",
-                           {"loss": total / (j + 1)})
-        return {"train_loss": total / max(len(order), 1), "slides": len(order), "seconds": time.time() - t0}
+        total, done = 0.0, 0
+        # a step is ``accumulate`` slides; under torchrun each rank takes every N-th of them and
+        # the gradients are summed, so N ranks take the same steps as one process
+        for start in range(0, len(order), cfg.accumulate):
+            group = range(start, min(start + cfg.accumulate, len(order)))
+            self.optimizer.zero_grad(set_to_none=True)
+            for j in ctx.shard(group):
+                g = data[order[j]]
+                rng = np.random.default_rng([self.seed, epoch, j])  # the same draws on any number of ranks
+                torch.manual_seed(int(rng.integers(2**62)))  # dropout
+                f, t = grids.augment_grid(g.features, g.tissue, rng) if cfg.augment else (g.features, g.tissue)
+                loss = self._loss(net(*_tensors(f, t, self.device))["out"], g.label)
+                (loss / len(group)).backward()
+                total += loss.item()
+                done += 1
+                yield Progress("train", j + 1, len(order), f"epoch {epoch + 1}/{cfg.epochs}",
+                               {"loss": total / done})
+            ctx.sync_grads(self.model)
+            self.optimizer.step()
+        total, done = ctx.all_reduce_sum(total, done)
+        return {"train_loss": total / max(done, 1), "slides": int(done), "seconds": time.time() - t0}
 
     def validate(self, epoch: int) -> Generator[Progress, None, dict | None]:
         if self.val_grids is None:

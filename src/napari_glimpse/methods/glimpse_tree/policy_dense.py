@@ -132,13 +132,22 @@ class RegionImages:
 
 
 def dense_policy_epoch(model, optimizer, scheduler, slides, config, rng, gen, device, epoch: int,
-                       cache: dict | None = None, images_cache: RegionImages | None = None) -> Generator:
-    """One dense P epoch; yields Progress, returns (sum of losses, number of maps)."""
+                       cache: dict | None = None, images_cache: RegionImages | None = None,
+                       ctx=None) -> Generator:
+    """One dense P epoch; yields Progress, returns (sum of losses, number of maps).
+
+    A step sums the losses of every level's policy on one region. Under torchrun (``ctx``)
+    rank r computes the levels ``r, r + N, ...`` (every rank draws the random numbers of all
+    of them) and the gradients are summed: the same steps as one process, up to
+    ``levels`` ranks sharing the work.
+    """
     import torch
 
     from ...runtime.augment import dihedral
+    from ...runtime.distributed import DistContext
     from ...runtime.regions import to_tensor
 
+    ctx = ctx or DistContext()
     s, scale, levels = config.glimpse_size, config.level_scale, config.levels
     k = config.child_extent
     n_tiles = scale**levels
@@ -155,20 +164,23 @@ def dense_policy_epoch(model, optimizer, scheduler, slides, config, rng, gen, de
             (key, ts, box), score = regions[i], maps[i]
             model.policies.train()
             optimizer.zero_grad(set_to_none=True)
-            loss = 0.0
+            loss = None
             for level in range(levels):
                 span = scale ** (levels - level)  # tiles per glimpse side at this level
                 per_tile = s // span
                 tile_px = s * ts.reader.downsample(levels)
                 leaf_child = level == levels - 1
+                starts = _glimpse_starts(rng, span, n_tiles, max(2, 8 // (level + 1)))
+                op = int(torch.randint(0, 8, (1,), generator=gen))  # one dihedral transform for both
+                if level % ctx.world_size != ctx.rank:
+                    continue  # another rank's level
                 images, targets = [], []
-                for r0, c0 in _glimpse_starts(rng, span, n_tiles, max(2, 8 // (level + 1))):
+                for r0, c0 in starts:
                     images.append(images_cache.glimpse(ts, key, box, level, box[0] + c0 * tile_px,
                                                        box[1] + r0 * tile_px, s))
                     block = score[r0 : r0 + span, c0 : c0 + span]
                     targets.append(_centre_map(block, per_tile) if dense_max and not leaf_child
                                    else _upsample(block, per_tile))
-                op = int(torch.randint(0, 8, (1,), generator=gen))  # one dihedral transform for both
                 x = dihedral(to_tensor(np.stack(images), device), op)
                 y = dihedral(torch.from_numpy(np.stack(targets)).to(device)[:, None], op)
                 q = model.q_map(level, x)
@@ -180,17 +192,21 @@ def dense_policy_epoch(model, optimizer, scheduler, slides, config, rng, gen, de
                 # tumour is rare: weighting the squared error up where C scores high keeps q from
                 # settling on the mean score everywhere
                 weight = 1.0 + config.policy_pos_weight * target
-                loss = loss + (weight * (pred - target) ** 2).sum() / target[0].numel()
+                term = (weight * (pred - target) ** 2).sum() / target[0].numel()
+                loss = term if loss is None else loss + term
                 count += len(images)
-            loss.backward()
+            if loss is not None:
+                loss.backward()
+                total += float(loss.item())
+            ctx.sync_grads(model)
             optimizer.step()
             scheduler.step()
-            total += float(loss.item())
         model.policies.eval()
         yield Progress("train", p + 1, config.policy_passes, f"epoch {epoch + 1}: dense policy pass",
                        {"loss": total / max(count, 1)})
     precise_batch_norm(model, regions, config, images_cache, rng, device)
-    return total, count
+    total, count = ctx.all_reduce_sum(total, count)
+    return total, int(count)
 
 
 def precise_batch_norm(model, regions, config, images_cache, rng, device) -> None:

@@ -20,6 +20,7 @@ The loop, checkpoints and resume are :func:`napari_glimpse.runtime.fit.fit`'s: `
 validation slide AUC, warm-up epochs excluded) and ``<stem>.last.safetensors`` (every epoch,
 with optimizer / scheduler state). Randomness per epoch comes from generators seeded with
 (seed, epoch), so ``resume=True`` continues exactly where an interrupted run stopped.
+Under torchrun, see :class:`GlimpseTreeTrainer` for what the ranks share.
 """
 
 from __future__ import annotations
@@ -135,14 +136,21 @@ def _warmup_set(slides, config, strategy, rng) -> Generator:
     return np.stack(images), np.array(labels, np.float32), np.array(neg_slide, bool)
 
 
-def _classifier_steps(model, optimizer, scheduler, images, labels, config, gen, device):
-    """One pass of C over (images, labels) in batches; returns (sum of losses, count)."""
+def _classifier_steps(model, optimizer, scheduler, images, labels, config, gen, device, ctx=None):
+    """One pass of C over (images, labels) in batches; returns (sum of losses, count).
+
+    Under torchrun (``ctx``) every rank augments the whole batch (the same draws as one
+    process), takes every N-th glimpse of it and weights its mean loss by its share; the summed
+    gradients are the whole batch's (batch norm sees each rank's share).
+    """
     import torch
     import torch.nn.functional as F
 
     from ...runtime.augment import augment_batch
+    from ...runtime.distributed import DistContext
     from ...runtime.regions import to_tensor
 
+    ctx = ctx or DistContext()
     model.classifier.train()
     total, n = 0.0, 0
     order = torch.randperm(len(images), generator=gen).numpy()
@@ -159,15 +167,19 @@ def _classifier_steps(model, optimizer, scheduler, images, labels, config, gen, 
             shift = 0.08 * (torch.rand(len(x), 1, 1, 1, generator=gen) - 0.5)
             x = (x * gain + shift).clamp_(0.0, 1.0)
         y = torch.from_numpy(labels[idx]).to(device)
+        mine = ctx.shard(np.arange(len(idx)))
         optimizer.zero_grad(set_to_none=True)
-        loss = F.binary_cross_entropy_with_logits(model.classify(x), y)
-        loss.backward()
+        if len(mine):
+            loss = F.binary_cross_entropy_with_logits(model.classify(x[mine]), y[mine])
+            (loss * len(mine) / len(idx)).backward()
+            total += loss.item() * len(mine)
+            n += len(mine)
+        ctx.sync_grads(model)
         optimizer.step()
         scheduler.step()
-        total += loss.item() * len(idx)
-        n += len(idx)
     model.classifier.eval()
-    return total, n
+    total, n = ctx.all_reduce_sum(total, n)
+    return total, int(n)
 
 
 def _policy_region(model, ts, box, rng, config, temperature, device):
@@ -248,11 +260,19 @@ def _validate(model, val_items, config) -> Generator:
 
 
 class GlimpseTreeTrainer(Trainer):
-    """The glimpse tree's C and policies on slide folders, in one process (see the module notes).
+    """The glimpse tree's C and policies on slide folders (see the module notes).
 
     An epoch inside the warm-up never becomes the best checkpoint: C alone has trained, the
     policies are still at their initial weights.
+
+    Under torchrun C's batches are split between the ranks, and a dense policy step's levels;
+    the leaves a C epoch trains on are drawn on every rank (the same draws), and an eq. 5
+    policy step (one region's trajectories, a tree that grows level by level) runs on every
+    rank alike: that phase does not get faster with more ranks.
     """
+
+    supports_ddp = True
+    ddp_wrap = False
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -297,7 +317,7 @@ class GlimpseTreeTrainer(Trainer):
     def train_epoch(self, epoch: int, net) -> Generator:
         return (yield from _one_epoch(self.model, self.optimizer, self.scheduler, self.slides, self.warm, self.config,
                                       self.config.strategy, epoch, self.seed, self.device, self.score_cache,
-                                      self.images_cache))
+                                      self.images_cache, self.ctx))
 
     def validate(self, epoch: int) -> Generator:
         if not self.val_items:
@@ -368,7 +388,7 @@ def _phase(config: GlimpseTreeConfig, epoch: int) -> str:
 
 
 def _one_epoch(model, optimizer, scheduler, slides, warm, config, strategy, epoch, seed, dev,
-               score_cache=None, images_cache=None) -> Generator:
+               score_cache=None, images_cache=None, ctx=None) -> Generator:
     """Train epoch ``epoch`` (0-based) as its phase says; returns the epoch's record."""
     import torch
 
@@ -380,7 +400,7 @@ def _one_epoch(model, optimizer, scheduler, slides, warm, config, strategy, epoc
     warm_x, warm_y, warm_neg = warm
     phase = _phase(config, epoch)
     if phase == "warm-up C":
-        total, n = _classifier_steps(model, optimizer, scheduler, warm_x, warm_y, config, gen, dev)
+        total, n = _classifier_steps(model, optimizer, scheduler, warm_x, warm_y, config, gen, dev, ctx)
     elif phase == "C":
         images, labels = [], []
         order = rng.permutation(len(slides))
@@ -401,7 +421,7 @@ def _one_epoch(model, optimizer, scheduler, slides, warm, config, strategy, epoc
         x = np.concatenate(parts)
         y = np.concatenate([np.array(labels, np.float32), warm_y[replay] if strategy == "supervised"
                             else np.zeros(len(replay), np.float32)])
-        total, n = _classifier_steps(model, optimizer, scheduler, x, y, config, gen, dev)
+        total, n = _classifier_steps(model, optimizer, scheduler, x, y, config, gen, dev, ctx)
     else:
         model.classifier.eval()
         total, n = 0.0, 0
@@ -410,7 +430,7 @@ def _one_epoch(model, optimizer, scheduler, slides, warm, config, strategy, epoc
             from .policy_dense import dense_policy_epoch
 
             total, n = yield from dense_policy_epoch(model, optimizer, scheduler, slides, config, rng, gen, dev,
-                                                     epoch, cache=score_cache, images_cache=images_cache)
+                                                     epoch, cache=score_cache, images_cache=images_cache, ctx=ctx)
         passes = 0 if dense else config.policy_passes
         order = [si for _ in range(passes) for si in rng.permutation(len(slides))]
         for k, si in enumerate(order):
@@ -431,6 +451,8 @@ def _one_epoch(model, optimizer, scheduler, slides, warm, config, strategy, epoc
 
             precise_batch_norm(model, training_regions(slides), config,
                                images_cache if images_cache is not None else RegionImages(), rng, dev)
+            if ctx is not None:  # every rank took the same eq. 5 steps: keep them bit-equal (GPU sums vary)
+                ctx.broadcast_module(model)
         model.policies.eval()
     return {"phase": phase, "loss": total / max(n, 1), "samples": n,
             "temperature": temperature if np.isfinite(temperature) else None,

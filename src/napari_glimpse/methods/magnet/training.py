@@ -71,16 +71,23 @@ class MagNetTrainer(Trainer):
     """MagNet on folders of slides with a labels file (``config.labels``).
 
     Reads every field of :class:`MagNetConfig`; sets ``slide_threshold`` (by ``threshold_rule``,
-    per validation) on the config the checkpoints store.
+    per validation) on the config the checkpoints store. Under torchrun the slides of every
+    optimiser step are split between the ranks.
     """
+
+    supports_ddp = True
+    ddp_wrap = False
 
     def setup(self) -> Generator[Progress, None, None]:
         cfg = self.config
         self.train_items = labelled_slides(self.train_dir, cfg)
-        self.val_items = labelled_slides(self.val_dir, cfg) if self.val_dir is not None else []
+        self.val_items = labelled_slides(self.val_dir, cfg) if self.val_dir is not None and self.ctx.is_main else []
         labels = {int(i.label) for i in self.train_items}
         if len(labels) < 2:
             raise DatasetError(f"training slides hold only one class ({cfg.labels})", self.train_dir)
+        if len(self.train_items) < self.ctx.world_size:
+            raise DatasetError(f"{len(self.train_items)} training slides cannot be split over "
+                               f"{self.ctx.world_size} processes", self.train_dir)
         self.model = build_model(cfg).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
@@ -92,33 +99,38 @@ class MagNetTrainer(Trainer):
                 "val_slides": len(self.val_items), "labels": self.config.labels}
 
     def train_epoch(self, epoch: int, net) -> Generator[Progress, None, dict]:
-        cfg, items = self.config, self.train_items
+        cfg, ctx, items = self.config, self.ctx, self.train_items
         t0 = time.time()
-        rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(len(items))
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(items))
         self.model.train()
         _freeze_encoder_stats(self.model)
-        self.optimizer.zero_grad(set_to_none=True)
-        total, parts_sum, reads = 0.0, {}, 0
-        for j, i in enumerate(order):
-            item = items[i]
-            turn = TURNS[int(rng.integers(len(TURNS)))] if cfg.augment else None
-            out, counts = run_slide(net, item.path, cfg, self.device, turn=turn, with_aux=True)
-            loss, parts = magnet_loss(out, int(item.label))
-            group_start = j - j % cfg.batch_size
-            group = min(cfg.batch_size, len(order) - group_start)
-            (loss / group).backward()
-            if j + 1 == group_start + group:
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            total += float(loss.detach())
-            reads += counts["patches_read"]
-            for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + v
-            yield Progress("train", j + 1, len(order), f"epoch {epoch + 1}/{cfg.epochs}", {"loss": total / (j + 1)})
+        total, parts_sum, reads, done = 0.0, {}, 0, 0
+        # a step is ``batch_size`` slides; under torchrun each rank takes every N-th of them and
+        # the gradients are summed, so N ranks take the same steps as one process
+        for start in range(0, len(order), cfg.batch_size):
+            group = range(start, min(start + cfg.batch_size, len(order)))
+            self.optimizer.zero_grad(set_to_none=True)
+            for j in ctx.shard(group):
+                item = items[order[j]]
+                rng = np.random.default_rng([self.seed, epoch, j])  # the same draws on any number of ranks
+                torch.manual_seed(int(rng.integers(2**62)))  # LMS sampling noise
+                turn = TURNS[int(rng.integers(len(TURNS)))] if cfg.augment else None
+                out, counts = run_slide(net, item.path, cfg, self.device, turn=turn, with_aux=True)
+                loss, parts = magnet_loss(out, int(item.label))
+                (loss / len(group)).backward()
+                total += float(loss.detach())
+                reads += counts["patches_read"]
+                done += 1
+                for k, v in parts.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + v
+                yield Progress("train", j + 1, len(order), f"epoch {epoch + 1}/{cfg.epochs}", {"loss": total / done})
+            ctx.sync_grads(self.model)
+            self.optimizer.step()
         self.scheduler.step()
-        n = max(len(order), 1)
-        return {"train_loss": total / n, **{k: v / n for k, v in parts_sum.items()}, "slides": len(order),
+        keys = sorted(parts_sum)
+        total, reads, done, *sums = ctx.all_reduce_sum(total, reads, done, *(parts_sum[k] for k in keys))
+        n = max(done, 1)
+        return {"train_loss": total / n, **{k: v / n for k, v in zip(keys, sums, strict=True)}, "slides": int(done),
                 "patches_per_slide": reads / n, "seconds": time.time() - t0}
 
     def validate(self, epoch: int) -> Generator[Progress, None, dict | None]:

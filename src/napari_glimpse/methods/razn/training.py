@@ -63,11 +63,18 @@ def _augment(images, labels, k: int, flip: bool):
             [np.ascontiguousarray(np.rot90(f(a), k)) for a in labels])
 
 
-def read_batch(sources, fields, config, pool, rng=None):
-    """Images and labels per level as tensors: xs[i] (B, 3, T r^i, T r^i), ys[i] (B, T r^i, T r^i)."""
-    reads = list(pool.map(lambda f: read_field(sources[f[0]], config, f[1], f[2]), fields))
-    if rng is not None and config.augment:
-        reads = [_augment(im, lb, int(rng.integers(4)), bool(rng.integers(2))) for im, lb in reads]
+def read_batch(sources, fields, config, pool, rng=None, keep=None):
+    """Images and labels per level as tensors: xs[i] (B, 3, T r^i, T r^i), ys[i] (B, T r^i, T r^i).
+
+    ``keep`` (indices into ``fields``) reads only those fields, after drawing the augmentation of
+    every field: a torchrun rank reads its share of a batch with the draws one process makes.
+    """
+    turns = ([(int(rng.integers(4)), bool(rng.integers(2))) for _ in fields]
+             if rng is not None and config.augment else None)
+    keep = range(len(fields)) if keep is None else keep
+    reads = list(pool.map(lambda i: read_field(sources[fields[i][0]], config, fields[i][1], fields[i][2]), keep))
+    if turns is not None:
+        reads = [_augment(im, lb, *turns[i]) for i, (im, lb) in zip(keep, reads, strict=True)]
     m = config.zoom_levels
     xs = [to_tensor(np.stack([r[0][i] for r in reads])) for i in range(m + 1)]
     ys = [torch.from_numpy(np.stack([r[1][i] for r in reads]).astype(np.int64)) for i in range(m + 1)]
@@ -126,7 +133,15 @@ def iou_table(cm: np.ndarray) -> dict:
 
 
 class RAZNTrainer(Trainer):
-    """RAZN on folders of annotated images; sets ``classes`` on the config the checkpoints store."""
+    """RAZN on folders of annotated images; sets ``classes`` on the config the checkpoints store.
+
+    Under torchrun the fields of every batch are split between the ranks (each rank's batch
+    norm sees its share, as under DistributedDataParallel); rank 0 alone reads the validation
+    images.
+    """
+
+    supports_ddp = True
+    ddp_wrap = False
 
     #: (p~) -> actions; None samples a ~ Bernoulli(p~) (the method). Baselines override it.
     decide = None
@@ -143,7 +158,7 @@ class RAZNTrainer(Trainer):
         self.sources = open_sources(items, cfg, binary=self.binary, n_classes=cfg.n_classes)
         self.tiles = [tissue_tiles(s.slide, field_px(cfg, s.mpp0)) for s in self.sources]
         self.val_sources = (open_sources(discover(self.val_dir)[0], cfg, binary=self.binary, n_classes=cfg.n_classes)
-                            if self.val_dir is not None else [])
+                            if self.val_dir is not None and self.ctx.is_main else [])
         if self.val_sources:
             vt = [tissue_tiles(s.slide, field_px(cfg, s.mpp0)) for s in self.val_sources]
             self.val_fields = draw_fields(self.val_sources, vt, cfg, np.random.default_rng(12345),
@@ -161,30 +176,47 @@ class RAZNTrainer(Trainer):
                 "val_images": len(self.val_sources)}
 
     def train_epoch(self, epoch: int, net) -> Generator[Progress, None, dict]:
-        cfg = self.config
+        cfg, ctx = self.config, self.ctx
         t0 = time.time()
         rng = np.random.default_rng([self.seed, epoch])
-        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        # the zoom actions' draws: one stream per rank (a rank's share of a batch is its own)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**31)) + 7919 * ctx.rank)
         fields = draw_fields(self.sources, self.tiles, cfg, rng, cfg.tiles_per_epoch)
+        if len(fields) % cfg.batch_size and len(fields) % cfg.batch_size < 2 * ctx.world_size and len(fields) > cfg.batch_size:
+            # a last batch that would leave a rank one field: the zoom policy's batch norm needs two
+            fields = fields[: len(fields) - len(fields) % cfg.batch_size]
         self.model.train()
         steps = max(1, int(np.ceil(len(fields) / cfg.batch_size)))
-        total, sums = 0.0, {}
+        total, sums, done = 0.0, {}, 0
         for k in range(steps):
             batch = fields[k * cfg.batch_size : (k + 1) * cfg.batch_size]
-            xs, ys = read_batch(self.sources, batch, cfg, self.pool, rng)
-            xs, ys = [x.to(self.device) for x in xs], [y.to(self.device) for y in ys]
-            loss, parts = razn_losses(net, xs, ys, cfg, generator=gen if self.device.type == "cpu" else None,
-                                      decide=self.decide)
+            # under torchrun each rank takes every N-th field of the batch; its mean loss is
+            # weighted by its share, and the summed gradients are the whole batch's
+            mine = ctx.shard(range(len(batch)))
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if len(mine):
+                xs, ys = read_batch(self.sources, batch, cfg, self.pool, rng, keep=mine)
+                xs, ys = [x.to(self.device) for x in xs], [y.to(self.device) for y in ys]
+                loss, parts = razn_losses(net, xs, ys, cfg, generator=gen if self.device.type == "cpu" else None,
+                                          decide=self.decide)
+                (loss * len(mine) / len(batch)).backward()
+                total += float(loss.detach()) * len(mine)
+                done += len(mine)
+                for key, v in parts.items():
+                    sums[key] = sums.get(key, 0.0) + v * len(mine)
+            elif cfg.augment:
+                for _ in batch:  # the augmentation draws the other ranks make
+                    rng.integers(4), rng.integers(2)
+            ctx.sync_grads(self.model)
             self.optimizer.step()
             self.scheduler.step()
-            total += float(loss.detach())
-            for key, v in parts.items():
-                sums[key] = sums.get(key, 0.0) + v
-            yield Progress("train", k + 1, steps, f"epoch {epoch + 1}/{cfg.epochs}", {"loss": total / (k + 1)})
-        return {"train_loss": total / steps, **{key: v / steps for key, v in sums.items()},
-                "seconds": time.time() - t0}
+            yield Progress("train", k + 1, steps, f"epoch {epoch + 1}/{cfg.epochs}", {"loss": total / max(done, 1)})
+        keys = [f"{name}{i}" for i in range(cfg.zoom_levels) for name in ("zoom_rate", "reward")]
+        keys += [f"J{i}" for i in range(cfg.zoom_levels + 1)]  # what razn_losses reports, on every rank
+        total, done, *vals = ctx.all_reduce_sum(total, done, *(sums.get(key, 0.0) for key in keys))
+        n = max(done, 1)
+        return {"train_loss": total / n, **{key: v / n for key, v in zip(keys, vals, strict=True)},
+                "fields": int(done), "seconds": time.time() - t0}
 
     def validate(self, epoch: int) -> Generator[Progress, None, dict | None]:
         if not self.val_sources:
