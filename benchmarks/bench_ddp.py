@@ -35,7 +35,7 @@ RUNS = {
     "attention-grid": ["--encoder", "small", "--epochs", "3", "--accumulate", "4"],
     "magnet": ["--encoder", "small", "--aux-encoder", "small", "--patches", "2", "3", "--epochs", "2",
                "--batch-size", "4"],
-    "razn": ["--encoder", "small", "--tile-px", "64", "--epochs", "2", "--tiles-per-epoch", "64",
+    "razn": ["--encoder", "small", "--tile-px", "64", "--epochs", "2", "--tiles-per-epoch", "192",
              "--batch-size", "8"],
     "glimpse-tree": ["--epochs", "3", "--warmup-epochs", "1", "--warmup-glimpses", "64", "--batch-size", "16",
                      "--policy-target", "dense", "--policy-passes", "2"],

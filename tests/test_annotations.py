@@ -252,3 +252,28 @@ def test_write_annotations_by_suffix_is_atomic(tmp_path):
     with pytest.raises(AnnotationError):
         write_annotations(tmp_path / "x.txt", [SQUARE_WITH_HOLE])
     assert sorted(f.name for f in tmp_path.iterdir()) == ["x.xml"]
+
+
+def test_a_class_mask_marks_tumour_only_where_classes_txt_names_it(tmp_path):
+    # make-mosaic --mask-classes writes 0 glass / 1 normal tissue / 2 tumour with a classes.txt:
+    # supervised glimpse trees (and the compare report's truth) must read class 2 as tumour,
+    # not every tissue pixel
+    import tifffile
+
+    from napari_glimpse.annotations import read_label_mask, tumour_pixels
+    from napari_glimpse.errors import AnnotationError
+    from napari_glimpse.methods.glimpse_tree.data import tumour_mask
+    from napari_glimpse.runtime.data import SlideItem
+
+    m = np.zeros((64, 64), np.uint8)
+    m[8:56, 8:56] = 1
+    m[20:30, 20:40] = 2
+    path = tmp_path / "s.mask.tif"
+    tifffile.imwrite(path, m)
+    assert tumour_pixels(read_label_mask(path)).sum() == m.astype(bool).sum()  # no names: non-zero
+    (tmp_path / "classes.txt").write_text("glass\nnormal tissue\ntumour\n")
+    got, ds = tumour_mask(SlideItem(str(tmp_path / "s.tif"), "s", None, str(path)), (64, 64))
+    assert ds == 1.0 and got.sum() == 200 and got[25, 30] and not got[10, 10]
+    (tmp_path / "classes.txt").write_text("background\nstroma\nepithelium\n")
+    with pytest.raises(AnnotationError, match="names no tumour class"):
+        tumour_pixels(read_label_mask(path))

@@ -155,18 +155,18 @@ def _truth(slide_path: str, extent):
     mask = Path(str(slide_path)[: -len(".tif")] + ".mask.tif") if str(slide_path).endswith(".tif") else None
     if mask is None or not mask.is_file():
         return None
-    from .annotations import read_label_mask
+    from .annotations import read_label_mask, tumour_pixels
     from .slides import open_slide
 
     try:
         with open_slide(slide_path) as s:
             lm = read_label_mask(mask, s.dimensions, max_pixels=2**22)
+        m = tumour_pixels(lm)
     except GlimpseError:
         return None
-    m = np.asarray(lm.mask)
     dy, dx = np.broadcast_to(np.asarray(lm.downsample, float), (2,))[::-1]
     # mask pixel j covers level-0 [j * d, (j + 1) * d): contour it at the pixel centres
-    return m > 0, (np.arange(m.shape[1]) + 0.5) * dx, (np.arange(m.shape[0]) + 0.5) * dy
+    return m, (np.arange(m.shape[1]) + 0.5) * dx, (np.arange(m.shape[0]) + 0.5) * dy
 
 
 def _overlay_png(result: InferenceResult, backdrop, extent, truth, path: Path, title: str) -> None:

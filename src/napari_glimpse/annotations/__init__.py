@@ -13,7 +13,14 @@ from ..errors import AnnotationError
 from ._types import EXCLUSION_LABELS, Annotation, check_in_slide
 from .asap import read_asap, write_asap
 from .geojson import annotations_to_geojson, read_geojson, write_geojson
-from .masks import LabelMask, mask_downsample, mask_to_polygons, polygons_to_mask, read_label_mask
+from .masks import (
+    LabelMask,
+    mask_downsample,
+    mask_to_polygons,
+    polygons_to_mask,
+    read_label_mask,
+    tumour_pixels,
+)
 
 __all__ = [
     "Annotation",
@@ -29,6 +36,7 @@ __all__ = [
     "read_asap",
     "read_geojson",
     "read_label_mask",
+    "tumour_pixels",
     "write_annotations",
     "write_asap",
     "write_geojson",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -22,6 +23,7 @@ __all__ = [
     "polygons_to_mask",
     "mask_to_polygons",
     "read_label_mask",
+    "tumour_pixels",
     "LabelMask",
     "mask_downsample",
 ]
@@ -255,6 +257,34 @@ class LabelMask:
     mask: np.ndarray
     downsample: float
     path: str
+
+
+#: words that name a tumour class in a ``classes.txt`` (lower case, matched inside the name)
+TUMOUR_WORDS = ("tumour", "tumor", "cancer", "metasta", "carcinoma", "malignant")
+
+
+def mask_class_names(path: str | os.PathLike) -> list[str] | None:
+    """The class names of a label mask: ``classes.txt`` beside it (line i names value i), or None."""
+    names = Path(path).with_name("classes.txt")
+    if not names.is_file():
+        return None
+    return [line.strip() for line in names.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def tumour_pixels(lm: LabelMask) -> np.ndarray:
+    """Where a label mask marks tumour: its tumour class(es) when a ``classes.txt`` names the
+    classes (a segmentation mask: glass, normal tissue, tumour, ...), else every non-zero pixel.
+
+    Raises AnnotationError when ``classes.txt`` names no tumour class.
+    """
+    names = mask_class_names(lm.path)
+    if names is None:
+        return np.asarray(lm.mask) > 0
+    values = [i for i, n in enumerate(names) if any(w in n.lower() for w in TUMOUR_WORDS)]
+    if not values:
+        raise AnnotationError(f"classes.txt names no tumour class ({', '.join(names)}); name one 'tumour'",
+                              str(Path(lm.path).with_name("classes.txt")))
+    return np.isin(np.asarray(lm.mask), values)
 
 
 def mask_downsample(mask_dims: tuple[int, int], slide_dims: tuple[int, int], path=None) -> float:

@@ -23,7 +23,7 @@ def find_slides(folder: str | os.PathLike, need: str = "any") -> list[SlideItem]
 
 def tumour_mask(item: SlideItem, slide_dims: tuple[int, int], downsample: float = 8.0):
     """(mask bool (rows, cols), level-0 px per mask px) of the slide's annotated tumour."""
-    from ...annotations import polygons_to_mask, read_annotations, read_label_mask
+    from ...annotations import polygons_to_mask, read_annotations, read_label_mask, tumour_pixels
 
     if item.annotation is None:
         shape = (int(np.ceil(slide_dims[1] / downsample)), int(np.ceil(slide_dims[0] / downsample)))
@@ -31,7 +31,7 @@ def tumour_mask(item: SlideItem, slide_dims: tuple[int, int], downsample: float 
     low = item.annotation.lower()
     if low.endswith((".tif", ".tiff", ".png")):
         lm = read_label_mask(item.annotation, slide_dims, max_pixels=max(2**20, int(np.prod(slide_dims) / 64)))
-        return np.asarray(lm.mask) > 0, float(lm.downsample)
+        return tumour_pixels(lm), float(lm.downsample)  # a class mask (classes.txt): its tumour class only
     anns = read_annotations(item.annotation, slide_dims=slide_dims)
     return polygons_to_mask(anns, slide_dims, downsample), float(downsample)
 
