@@ -30,12 +30,11 @@ from napari_glimpse.mosaic import bundled_patches_dir, make_mosaics
 from napari_glimpse.runtime.checkpoint import load_checkpoint
 from napari_glimpse.runtime.fit import last_path
 
-#: per method: CLI flags of a short, small run (paper architectures where they fit 2 CPU cores)
+#: per method: CLI flags of a short run (the shipped encoders, paper layouts where they fit 2 CPU cores)
 RUNS = {
     "attention-grid": ["--encoder", "small", "--epochs", "3", "--accumulate", "4"],
-    "magnet": ["--encoder", "small", "--aux-encoder", "small", "--patches", "2", "3", "--epochs", "2",
-               "--batch-size", "4"],
-    "razn": ["--encoder", "small", "--tile-px", "64", "--epochs", "2", "--tiles-per-epoch", "192",
+    "magnet": ["--patches", "2", "3", "3", "--epochs", "2", "--batch-size", "4"],
+    "razn": ["--encoder", "pcam", "--tile-px", "128", "--epochs", "2", "--tiles-per-epoch", "192",
              "--batch-size", "8"],
     "glimpse-tree": ["--epochs", "3", "--warmup-epochs", "1", "--warmup-glimpses", "64", "--batch-size", "16",
                      "--policy-target", "dense", "--policy-passes", "2"],
