@@ -24,9 +24,10 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-__all__ = ["DistContext", "from_env", "process_group", "is_main_process"]
+__all__ = ["DistContext", "from_env", "process_group", "is_main_process", "item_steps"]
 
 
 @dataclass(frozen=True)
@@ -181,3 +182,25 @@ def process_group(device: torch.device) -> Iterator[tuple[DistContext, torch.dev
 def _leave() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def item_steps(ctx: DistContext, n: int, per_step: int, model: torch.nn.Module, optimizer, seed: int,
+               epoch: int) -> Iterator[tuple[int, int, np.random.Generator]]:
+    """Optimiser steps of ``per_step`` items (slides) out of ``n``, shared between the ranks.
+
+    Yields ``(j, size, rng)`` for each of this rank's items of a step: ``j`` the item's place in
+    the epoch, ``size`` the number of items in the whole step (scale the item's loss by
+    ``1 / size`` before ``backward``) and ``rng`` its random generator, seeded from
+    ``(seed, epoch, j)``, which also seeds torch (dropout, sampling noise): an item draws the
+    same numbers on any number of ranks. Gradients are zeroed before each step, summed over the
+    ranks after it and the optimiser steps, so N ranks take one process's steps.
+    """
+    for start in range(0, n, per_step):
+        size = min(per_step, n - start)
+        optimizer.zero_grad(set_to_none=True)
+        for j in ctx.shard(range(start, start + size)):
+            rng = np.random.default_rng([seed, epoch, j])
+            torch.manual_seed(int(rng.integers(2**62)))
+            yield j, size, rng
+        ctx.sync_grads(model)
+        optimizer.step()

@@ -23,6 +23,7 @@ from ...calls import choose_threshold
 from ...errors import DatasetError
 from ...evaluate import roc_auc, spearman
 from ...runtime.data import find_slides
+from ...runtime.distributed import item_steps
 from ...runtime.events import Progress
 from ...runtime.fit import Trainer, fit
 from . import grids
@@ -137,24 +138,15 @@ class AttentionGridTrainer(Trainer):
         order = np.random.default_rng([self.seed, epoch]).permutation(len(data))
         self.model.train()
         total, done = 0.0, 0
-        # a step is ``accumulate`` slides; under torchrun each rank takes every N-th of them and
-        # the gradients are summed, so N ranks take the same steps as one process
-        for start in range(0, len(order), cfg.accumulate):
-            group = range(start, min(start + cfg.accumulate, len(order)))
-            self.optimizer.zero_grad(set_to_none=True)
-            for j in ctx.shard(group):
-                g = data[order[j]]
-                rng = np.random.default_rng([self.seed, epoch, j])  # the same draws on any number of ranks
-                torch.manual_seed(int(rng.integers(2**62)))  # dropout
-                f, t = grids.augment_grid(g.features, g.tissue, rng) if cfg.augment else (g.features, g.tissue)
-                loss = self._loss(net(*_tensors(f, t, self.device))["out"], g.label)
-                (loss / len(group)).backward()
-                total += loss.item()
-                done += 1
-                yield Progress("train", j + 1, len(order), f"epoch {epoch + 1}/{cfg.epochs}",
-                               {"loss": total / done})
-            ctx.sync_grads(self.model)
-            self.optimizer.step()
+        # a step is ``accumulate`` slides; under torchrun each rank takes every N-th of them
+        for j, size, rng in item_steps(ctx, len(order), cfg.accumulate, self.model, self.optimizer, self.seed, epoch):
+            g = data[order[j]]
+            f, t = grids.augment_grid(g.features, g.tissue, rng) if cfg.augment else (g.features, g.tissue)
+            loss = self._loss(net(*_tensors(f, t, self.device))["out"], g.label)
+            (loss / size).backward()
+            total += loss.item()
+            done += 1
+            yield Progress("train", j + 1, len(order), f"epoch {epoch + 1}/{cfg.epochs}", {"loss": total / done})
         total, done = ctx.all_reduce_sum(total, done)
         return {"train_loss": total / max(done, 1), "slides": int(done), "seconds": time.time() - t0}
 

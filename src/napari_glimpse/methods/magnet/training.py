@@ -25,6 +25,7 @@ from ...calls import choose_threshold
 from ...errors import DatasetError
 from ...evaluate import roc_auc
 from ...runtime.data import find_slides
+from ...runtime.distributed import item_steps
 from ...runtime.events import Progress
 from ...runtime.fit import Trainer, fit
 from ...slides import open_slide
@@ -105,27 +106,19 @@ class MagNetTrainer(Trainer):
         self.model.train()
         _freeze_encoder_stats(self.model)
         total, parts_sum, reads, done = 0.0, {}, 0, 0
-        # a step is ``batch_size`` slides; under torchrun each rank takes every N-th of them and
-        # the gradients are summed, so N ranks take the same steps as one process
-        for start in range(0, len(order), cfg.batch_size):
-            group = range(start, min(start + cfg.batch_size, len(order)))
-            self.optimizer.zero_grad(set_to_none=True)
-            for j in ctx.shard(group):
-                item = items[order[j]]
-                rng = np.random.default_rng([self.seed, epoch, j])  # the same draws on any number of ranks
-                torch.manual_seed(int(rng.integers(2**62)))  # LMS sampling noise
-                turn = TURNS[int(rng.integers(len(TURNS)))] if cfg.augment else None
-                out, counts = run_slide(net, item.path, cfg, self.device, turn=turn, with_aux=True)
-                loss, parts = magnet_loss(out, int(item.label))
-                (loss / len(group)).backward()
-                total += float(loss.detach())
-                reads += counts["patches_read"]
-                done += 1
-                for k, v in parts.items():
-                    parts_sum[k] = parts_sum.get(k, 0.0) + v
-                yield Progress("train", j + 1, len(order), f"epoch {epoch + 1}/{cfg.epochs}", {"loss": total / done})
-            ctx.sync_grads(self.model)
-            self.optimizer.step()
+        # a step is ``batch_size`` slides; under torchrun each rank takes every N-th of them
+        for j, size, rng in item_steps(ctx, len(order), cfg.batch_size, self.model, self.optimizer, self.seed, epoch):
+            item = items[order[j]]
+            turn = TURNS[int(rng.integers(len(TURNS)))] if cfg.augment else None
+            out, counts = run_slide(net, item.path, cfg, self.device, turn=turn, with_aux=True)
+            loss, parts = magnet_loss(out, int(item.label))
+            (loss / size).backward()
+            total += float(loss.detach())
+            reads += counts["patches_read"]
+            done += 1
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v
+            yield Progress("train", j + 1, len(order), f"epoch {epoch + 1}/{cfg.epochs}", {"loss": total / done})
         self.scheduler.step()
         keys = sorted(parts_sum)
         total, reads, done, *sums = ctx.all_reduce_sum(total, reads, done, *(parts_sum[k] for k in keys))
