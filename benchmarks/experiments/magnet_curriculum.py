@@ -1,7 +1,7 @@
 """Can a MagNet learn PCam tumour at all? Stage 1 of a curriculum: smaller mosaics, large tumours.
 
     nice python benchmarks/experiments/magnet_curriculum.py --work DIR [--train 64] [--val 24]
-        [--grid 52] [--epochs 10] [--min-cells 50] [--init CKPT]
+        [--grid 52] [--epochs 10] [--min-cells 50] [--lr 3e-4] [--batch-size 8] [--init CKPT]
 
 On 15,000 px mosaics with tumours from one cell up, a MagNet trained for 10 epochs on 2 CPU
 cores stayed at chance (docs/magnet.md): its leaves were read at 4-10 um/px, where PCam cells
@@ -10,7 +10,7 @@ cells a side (52: 4,992 px, where three layers of half-size fields end near 1.2 
 positive holds a tumour of at least ``--min-cells`` cells. Training slides come from PCam train
 (seed 111), validation slides from PCam valid (seed 222); positives are drawn until enough
 pass the size filter, negatives are the same number of tumour-free mosaics. Trains
-``train magnet`` with the shipped encoders, batch 8, lr 3e-4 (docs/magnet.md's settings) and
+``train magnet`` with the shipped encoders, by default batch 8 and lr 3e-4 (docs/magnet.md's settings), and
 prints the CLI's epoch lines (validation AUC each epoch). ``--init`` fine-tunes a stage-1
 checkpoint (stage 2: the 15,000 px mosaics of the issue).
 """
@@ -71,12 +71,15 @@ def main() -> None:
     ap.add_argument("--min-cells", type=int, default=50)
     ap.add_argument("--init", default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lr", default="3e-4")
+    ap.add_argument("--batch-size", default="8")
+    ap.add_argument("--out", default="magnet.safetensors")
     a = ap.parse_args()
     tr, va = a.work / "train", a.work / "val"
     _mosaics(PCAM / "train", tr, a.train, a.grid, 111, a.min_cells)
     _mosaics(PCAM / "valid", va, a.val, a.grid, 222, a.min_cells)
     cmd = [sys.executable, "-m", "napari_glimpse", "train", "magnet", "--data", str(tr), "--val", str(va),
-           "--out", str(a.work / "magnet.safetensors"), "--aux-encoder", "pcam", "--batch-size", "8", "--lr", "3e-4",
+           "--out", str(a.work / a.out), "--aux-encoder", "pcam", "--batch-size", a.batch_size, "--lr", a.lr,
            "--epochs", str(a.epochs), "--threads", str(a.threads), "--resume"]
     if a.init:
         cmd += ["--init", a.init]
