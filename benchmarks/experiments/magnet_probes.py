@@ -25,9 +25,14 @@ from napari_glimpse.evaluate import roc_auc
 from napari_glimpse.slides import open_slide
 
 
+def _labels(folder: Path) -> list[dict]:
+    with open(folder / "labels.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def encoder_probe(folder: Path, enc, crops: int = 6) -> None:
     rng = np.random.default_rng(0)
-    stems = [r["slide"] for r in csv.DictReader(open(folder / "labels.csv")) if r["label"] == "1"][:4]
+    stems = [r["slide"] for r in _labels(folder) if r["label"] == "1"][:4]
     for um in (0.972, 1.944, 3.888, 7.776):
         ys, ps = [], []
         for stem in stems:
@@ -63,7 +68,7 @@ def leaf_probe(folder: Path, checkpoint: str, enc) -> None:
     forward = net.encoder.forward
     net.encoder.forward = lambda x: (seen.__setitem__("leaves", x.detach()), forward(x))[1]
     ys, best, mean, own = [], [], [], []
-    for row in csv.DictReader(open(folder / "labels.csv")):
+    for row in _labels(folder):
         with torch.no_grad():
             out, _ = run_slide(net, folder / f"{row['slide']}.tif", cfg, "cpu")
             score = torch.sigmoid(enc.scores(seen["leaves"])).ravel().numpy()
