@@ -1,6 +1,7 @@
 """One process (or one torchrun rank) of tests/test_ddp.py: trains each method on tiny data.
 
-``python ddp_worker.py ROOT`` (or under ``torch.distributed.run``) trains, one after another,
+``python ddp_worker.py --units ROOT`` under ``torch.distributed.run`` checks DistContext's
+collectives. ``python ddp_worker.py ROOT`` (or under ``torch.distributed.run``) trains, one after another,
 grid attention, a MagNet, a RAZN and two glimpse trees on the data test_ddp.py made under
 ROOT, writing ``ROOT/<world size>/<name>.safetensors``. The grids of grid attention are
 synthetic (made here from each slide's name), as in test_attention_grid.py.
@@ -30,6 +31,38 @@ def _fake_grids():
         return synthetic_grid(np.random.default_rng(k), 3 * (k % 2))[0]
 
     grids.slide_grid = slide_grid
+
+
+def units(root: Path) -> None:
+    """DistContext's collective pieces on two ranks; writes ``ROOT/units-<rank>.json``."""
+    import json
+
+    from napari_glimpse.runtime.distributed import process_group
+
+    with process_group(torch.device("cpu")) as (ctx, _):
+        torch.manual_seed(ctx.rank)  # different weights on each rank
+        net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2), torch.nn.Linear(2, 1))
+        ctx.broadcast_module(net)  # now rank 0's on both
+        weights = [p.detach().clone() for p in net.parameters()]
+        net[1].running_mean.fill_(float(ctx.rank))
+        ctx.average_buffers(net)
+        # rank 0 backpropagates through the first layer only, rank 1 through nothing: the sum
+        # is rank 0's gradient on both, and the last layer keeps no gradient
+        if ctx.rank == 0:
+            net[0](torch.ones(4, 3)).sum().backward()
+        ctx.sync_grads(net)
+        grads = [None if p.grad is None else p.grad.tolist() for p in net.parameters()]
+        ctx.check_in_step(net)
+        with torch.no_grad():
+            net[2].bias += ctx.rank  # rank 1 drifts
+        try:
+            ctx.check_in_step(net)
+            diverged = ""
+        except RuntimeError as exc:
+            diverged = str(exc)
+        result = {"weights": [w.tolist() for w in weights], "running_mean": net[1].running_mean.tolist(),
+                  "grads": grads, "diverged": diverged}
+    (root / f"units-{ctx.rank}.json").write_text(json.dumps(result))
 
 
 def main(root: Path) -> None:
@@ -64,4 +97,7 @@ def main(root: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    if sys.argv[1] == "--units":
+        units(Path(sys.argv[2]))
+    else:
+        main(Path(sys.argv[1]))

@@ -67,6 +67,21 @@ def runs(tmp_path_factory):
     return root
 
 
+def test_gradients_sum_weights_broadcast_buffers_average_and_divergence_is_caught(tmp_path):
+    import json
+
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(WORKER), "--units",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120, env=_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"units-{r}.json").read_text()) for r in (0, 1))
+    assert r0["weights"] == r1["weights"]
+    assert r0["running_mean"] == r1["running_mean"] == [0.5, 0.5]
+    # d/dW of sum(W x + b) over 4 rows of ones: 4 everywhere; the untouched layers keep None
+    assert r0["grads"] == r1["grads"] == [[[4.0] * 3] * 2, [4.0, 4.0], None, None, None, None]
+    assert r0["diverged"].startswith("the torchrun ranks' weights have diverged") and r1["diverged"]
+
+
 def _pair(root, name):
     return [load_checkpoint(last_path(root / w / f"{name}.safetensors")) for w in ("1", "2")]
 
