@@ -296,3 +296,23 @@ def test_the_dock_shows_the_area_of_every_class(trained_razn, razn_data, make_na
     areas = res.summary["class_area_mm2"]
     assert float(rows[2][1]) == pytest.approx(areas["tumour"], abs=1e-3)
     assert install(viewer) is table  # docked once
+
+
+def test_the_training_panel_says_what_each_data_folder_holds(razn_data, make_napari_viewer, qtbot, tmp_path):
+    from napari_glimpse._napari.widgets._training import TrainingWidget
+    from napari_glimpse.mosaic import bundled_patches_dir
+
+    panel = TrainingWidget(make_napari_viewer(), recent=None)
+    panel.method.value = "razn"
+    panel.data[0].value = razn_data / "train"
+    qtbot.waitUntil(lambda: panel.found[0].value.startswith("4 annotated"), timeout=20000)
+    assert panel.found[0].value == "4 annotated images; classes: glass, normal tissue, tumour"
+    (tmp_path / "empty").mkdir()
+    panel.data[1].value = tmp_path / "empty"
+    qtbot.waitUntil(lambda: panel.found[1].value.startswith("cannot use it"), timeout=20000)
+    assert "empty" in panel.found[1].value
+    panel.method.value = "celnet"  # a patch folder: patches per class
+    panel.data[0].value = bundled_patches_dir()
+    qtbot.waitUntil(lambda: "patches" in panel.found[0].value, timeout=20000)
+    assert panel.found[0].value == "300 patches: 150 normal, 150 tumour"
+    assert panel.data_values() == {"train_dir": str(bundled_patches_dir()), "val_dir": None}

@@ -67,6 +67,39 @@ def training_inputs(spec) -> tuple[DataInput, DataInput]:
                       help=f"{val_what}, held apart, same layout: picks the best epoch"))
 
 
+def describe_data(kind: str, folder) -> str:
+    """One line on what a training folder holds for a data kind of the registry: patches per
+    class, slides with labels / annotations, or annotated images and the classes found in them.
+
+    Raises GlimpseError (naming the folder) when it cannot be read as that kind.
+    """
+    from pathlib import Path
+
+    from ...errors import DatasetError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError("not a folder", str(folder))
+    if kind == "patches":
+        from ...runtime.data import list_patch_files
+
+        _, labels = list_patch_files(folder)
+        return f"{len(labels):,} patches: {int((labels == 0).sum()):,} normal, {int((labels == 1).sum()):,} tumour"
+    if kind == "slides":
+        from ...runtime.data import find_slides
+
+        items = find_slides(folder)
+        labelled = [i for i in items if i.label is not None]
+        positive = sum(1 for i in labelled if i.label == 1)
+        annotated = sum(1 for i in items if i.annotation is not None)
+        return (f"{len(items)} slides: {len(labelled)} labelled ({positive} positive), "
+                f"{annotated} with annotations")
+    from ...methods.razn.data import discover
+
+    items, classes, _ = discover(folder)
+    return f"{len(items)} annotated images; classes: {', '.join(classes)}"
+
+
 class ModelCache:
     """Loaded models by (method, checkpoint, device): a second run does not re-load."""
 

@@ -52,6 +52,7 @@ class TrainingWidget(WorkerControls, Container):
         self.worker = None
         self.last_checkpoint: str | None = None
         self.data: list[FileEdit] = []  # the data folders of the chosen method (in this container)
+        self.found: list[Label] = []  # under each: what the folder holds
 
         names = [n for n in _methods.method_names() if _methods.get_spec(n).train is not None]
         self.method = ComboBox(label="method", choices=names)
@@ -85,18 +86,47 @@ class TrainingWidget(WorkerControls, Container):
 
     def _on_method(self, name) -> None:
         """The method's data folders (right under the method) and its training options."""
-        for w in self.data:
+        for w in self.data + self.found:
             self.remove(w)
-        self.data = []
+        self.data, self.found = [], []
         spec = _methods.get_spec(name) if name else None
         if spec is None:
             self.method_options.set_config(None)
             return
         for k, item in enumerate(_methods.training_inputs(spec)):
             w = data_widget(item)
-            self.insert(1 + k, w)
+            info = Label(name=f"{item.name}_found", label="", value="")
+            self.insert(1 + 2 * k, w)
+            self.insert(2 + 2 * k, info)
             self.data.append(w)
+            self.found.append(info)
+            w.changed.connect(lambda value, info=info, kind=spec.data: self._describe(kind, value, info))
         self.method_options.set_config(*_methods.training_fields(spec))
+
+    def _describe(self, kind: str, folder, info: Label) -> None:
+        """Say under a data folder what it holds (patches per class, slides, the classes of
+        annotated images), read in a worker thread; a folder that cannot be read says why."""
+        if not _is_set(folder):
+            info.value = ""
+            return
+        from napari.qt.threading import create_worker
+
+        info.value = "reading..."
+        worker = create_worker(_methods.describe_data, kind, str(folder), _start_thread=False, _ignore_errors=True)
+
+        def shown(text, folder=str(folder)):
+            if info in self.found and self._folder_of(info) == folder:  # not a late answer for an old folder
+                info.value = text
+
+        worker.returned.connect(shown)
+        worker.errored.connect(lambda exc: shown(f"cannot use it: {exc}"))
+        self._describers = [*getattr(self, "_describers", []), worker][-4:]  # keep them alive
+        worker.start()
+
+    def _folder_of(self, info: Label) -> str | None:
+        """The folder currently in the data box above ``info``."""
+        box = self.data[self.found.index(info)]
+        return str(box.value) if _is_set(box.value) else None
 
     def data_values(self) -> dict[str, str | None]:
         return {w.name: (str(w.value) if _is_set(w.value) else None) for w in self.data}
