@@ -10,7 +10,12 @@ import torch
 from fake_slides import FakeSlide
 
 from napari_glimpse.methods.magnet.config import MagNetConfig
-from napari_glimpse.methods.magnet.model import build_model, magnet_loss, theta_from_mass
+from napari_glimpse.methods.magnet.model import (
+    build_model,
+    loss_part_names,
+    magnet_loss,
+    theta_from_mass,
+)
 from napari_glimpse.methods.magnet.sampling import (
     TURNS,
     Field,
@@ -182,6 +187,7 @@ def test_the_tree_has_prod_p_leaves_frozen_patches_and_gradients_reach_every_loc
     assert set(out["aux"]) == {0, 2}
     loss, parts = magnet_loss(out, 1)
     assert {"ce", "ce_aux1", "ce_aux3", "paradoxical"} <= set(parts)
+    assert set(parts) == set(loss_part_names(cfg))  # what training sums over the ranks
     loss.backward()
     for name, loc in net.localisers.items():
         g = loc.score.weight.grad

@@ -24,6 +24,7 @@ __all__ = [
     "mask_to_polygons",
     "read_label_mask",
     "tumour_pixels",
+    "read_class_names",
     "LabelMask",
     "mask_downsample",
 ]
@@ -263,9 +264,10 @@ class LabelMask:
 TUMOUR_WORDS = ("tumour", "tumor", "cancer", "metasta", "carcinoma", "malignant")
 
 
-def mask_class_names(path: str | os.PathLike) -> list[str] | None:
-    """The class names of a label mask: ``classes.txt`` beside it (line i names value i), or None."""
-    names = Path(path).with_name("classes.txt")
+def read_class_names(folder: str | os.PathLike) -> list[str] | None:
+    """The class names of the label masks in ``folder``: its ``classes.txt`` (line i names
+    value i, blank lines skipped), or None without one."""
+    names = Path(folder) / "classes.txt"
     if not names.is_file():
         return None
     return [line.strip() for line in names.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -277,7 +279,7 @@ def tumour_pixels(lm: LabelMask) -> np.ndarray:
 
     Raises AnnotationError when ``classes.txt`` names no tumour class.
     """
-    names = mask_class_names(lm.path)
+    names = read_class_names(Path(lm.path).parent)
     if names is None:
         return np.asarray(lm.mask) > 0
     values = [i for i, n in enumerate(names) if any(w in n.lower() for w in TUMOUR_WORDS)]

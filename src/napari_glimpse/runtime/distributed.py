@@ -54,10 +54,7 @@ class DistContext:
         """Sum plain numbers over the ranks (identity with one process)."""
         if not self.enabled:
             return [float(v) for v in values]
-        t = torch.tensor(values, dtype=torch.float64)
-        backend = torch.distributed.get_backend()
-        if backend == "nccl":
-            t = t.cuda()
+        t = self._on_backend(torch.tensor(values, dtype=torch.float64))
         torch.distributed.all_reduce(t)
         return [float(v) for v in t.cpu()]
 

@@ -206,6 +206,12 @@ def build_model(config: MagNetConfig) -> MagNet:
     return MagNet(config, load_encoder(config.encoder), auxes)
 
 
+def loss_part_names(config) -> list[str]:
+    """The names of the parts :func:`magnet_loss` reports for a model of ``config``."""
+    layers = aux_layers(tuple(config.patches)) if config.aux else ()
+    return ["ce", *(f"ce_aux{layer + 1}" for layer in layers)] + (["paradoxical"] if len(layers) >= 2 else [])
+
+
 def magnet_loss(out: dict, label: int, *, paradoxical: bool = True) -> tuple[torch.Tensor, dict]:
     """Cross entropy on the GRU's last output and on the auxiliaries, plus the paradoxical
     max(0, CE_3 - CE_1) (first and last auxiliary layer). Returns (loss, parts as floats)."""

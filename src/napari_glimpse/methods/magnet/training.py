@@ -30,7 +30,7 @@ from ...runtime.events import Progress
 from ...runtime.fit import Trainer, fit
 from ...slides import open_slide
 from .config import MagNetConfig
-from .model import build_model, magnet_loss
+from .model import build_model, loss_part_names, magnet_loss
 from .sampling import TURNS, PyramidReader
 
 __all__ = ["MagNetTrainer", "train", "labelled_slides", "run_slide", "READ_THREADS"]
@@ -86,9 +86,6 @@ class MagNetTrainer(Trainer):
         labels = {int(i.label) for i in self.train_items}
         if len(labels) < 2:
             raise DatasetError(f"training slides hold only one class ({cfg.labels})", self.train_dir)
-        if len(self.train_items) < self.ctx.world_size:
-            raise DatasetError(f"{len(self.train_items)} training slides cannot be split over "
-                               f"{self.ctx.world_size} processes", self.train_dir)
         self.model = build_model(cfg).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
@@ -120,8 +117,8 @@ class MagNetTrainer(Trainer):
                 parts_sum[k] = parts_sum.get(k, 0.0) + v
             yield Progress("train", j + 1, len(order), f"epoch {epoch + 1}/{cfg.epochs}", {"loss": total / done})
         self.scheduler.step()
-        keys = sorted(parts_sum)
-        total, reads, done, *sums = ctx.all_reduce_sum(total, reads, done, *(parts_sum[k] for k in keys))
+        keys = loss_part_names(cfg)  # the same on every rank, also one that had no slide
+        total, reads, done, *sums = ctx.all_reduce_sum(total, reads, done, *(parts_sum.get(k, 0.0) for k in keys))
         n = max(done, 1)
         return {"train_loss": total / n, **{k: v / n for k, v in zip(keys, sums, strict=True)}, "slides": int(done),
                 "patches_per_slide": reads / n, "seconds": time.time() - t0}

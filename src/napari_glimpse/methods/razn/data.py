@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...annotations.masks import read_class_names
 from ...errors import DatasetError
 from ...runtime.data import AnnotatedImage, find_annotated
 from ...runtime.regions import read_region_at
@@ -50,12 +51,11 @@ def find_classes(folder, items: list[AnnotatedImage], dims: list) -> tuple[tuple
         values |= _mask_values(item, d)
     binary = values <= {0, 255} and 255 in values
     n = 2 if binary else max(max(values, default=1) + 1, 2)
-    names_file = Path(folder) / "classes.txt"
-    if names_file.is_file():
-        names = [ln.strip() for ln in names_file.read_text().splitlines() if ln.strip()]
+    names = read_class_names(folder)
+    if names is not None:
         if len(names) < n:
             raise DatasetError(f"classes.txt names {len(names)} classes, the masks hold values up to {n - 1}",
-                               names_file)
+                               Path(folder) / "classes.txt")
         return tuple(names), binary
     return tuple(["background", "foreground"] if binary else [str(v) for v in range(n)]), binary
 

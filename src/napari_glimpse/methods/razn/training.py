@@ -63,18 +63,14 @@ def _augment(images, labels, k: int, flip: bool):
             [np.ascontiguousarray(np.rot90(f(a), k)) for a in labels])
 
 
-def read_batch(sources, fields, config, pool, rng=None, keep=None):
+def read_batch(sources, fields, config, pool, turns=None):
     """Images and labels per level as tensors: xs[i] (B, 3, T r^i, T r^i), ys[i] (B, T r^i, T r^i).
 
-    ``keep`` (indices into ``fields``) reads only those fields, after drawing the augmentation of
-    every field: a torchrun rank reads its share of a batch with the draws one process makes.
+    ``turns``: one (quarter turns, flip) per field, or None (as read).
     """
-    turns = ([(int(rng.integers(4)), bool(rng.integers(2))) for _ in fields]
-             if rng is not None and config.augment else None)
-    keep = range(len(fields)) if keep is None else keep
-    reads = list(pool.map(lambda i: read_field(sources[fields[i][0]], config, fields[i][1], fields[i][2]), keep))
+    reads = list(pool.map(lambda f: read_field(sources[f[0]], config, f[1], f[2]), fields))
     if turns is not None:
-        reads = [_augment(im, lb, *turns[i]) for i, (im, lb) in zip(keep, reads, strict=True)]
+        reads = [_augment(im, lb, *t) for (im, lb), t in zip(reads, turns, strict=True)]
     m = config.zoom_levels
     xs = [to_tensor(np.stack([r[0][i] for r in reads])) for i in range(m + 1)]
     ys = [torch.from_numpy(np.stack([r[1][i] for r in reads]).astype(np.int64)) for i in range(m + 1)]
@@ -182,9 +178,10 @@ class RAZNTrainer(Trainer):
         # the zoom actions' draws: one stream per rank (a rank's share of a batch is its own)
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)) + 7919 * ctx.rank)
         fields = draw_fields(self.sources, self.tiles, cfg, rng, cfg.tiles_per_epoch)
-        if len(fields) % cfg.batch_size and len(fields) % cfg.batch_size < 2 * ctx.world_size and len(fields) > cfg.batch_size:
+        rest = len(fields) % cfg.batch_size
+        if rest and rest < 2 * ctx.world_size and len(fields) > cfg.batch_size:
             # a last batch that would leave a rank one field: the zoom policy's batch norm needs two
-            fields = fields[: len(fields) - len(fields) % cfg.batch_size]
+            fields = fields[: len(fields) - rest]
         self.model.train()
         steps = max(1, int(np.ceil(len(fields) / cfg.batch_size)))
         total, sums, done = 0.0, {}, 0
@@ -193,9 +190,12 @@ class RAZNTrainer(Trainer):
             # under torchrun each rank takes every N-th field of the batch; its mean loss is
             # weighted by its share, and the summed gradients are the whole batch's
             mine = ctx.shard(range(len(batch)))
+            # every rank draws the whole batch's augmentation: one process's draws, whatever N
+            turns = [(int(rng.integers(4)), bool(rng.integers(2))) for _ in batch] if cfg.augment else None
             self.optimizer.zero_grad(set_to_none=True)
             if len(mine):
-                xs, ys = read_batch(self.sources, batch, cfg, self.pool, rng, keep=mine)
+                xs, ys = read_batch(self.sources, [batch[i] for i in mine], cfg, self.pool,
+                                    turns and [turns[i] for i in mine])
                 xs, ys = [x.to(self.device) for x in xs], [y.to(self.device) for y in ys]
                 loss, parts = razn_losses(net, xs, ys, cfg, generator=gen if self.device.type == "cpu" else None,
                                           decide=self.decide)
@@ -204,9 +204,6 @@ class RAZNTrainer(Trainer):
                 done += len(mine)
                 for key, v in parts.items():
                     sums[key] = sums.get(key, 0.0) + v * len(mine)
-            elif cfg.augment:
-                for _ in batch:  # the augmentation draws the other ranks make
-                    rng.integers(4), rng.integers(2)
             ctx.sync_grads(self.model)
             self.optimizer.step()
             self.scheduler.step()
